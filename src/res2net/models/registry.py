@@ -1,0 +1,315 @@
+"""The model zoo: every named model is one row of :data:`MODELS`; :func:`create_model` builds any of them."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..layers import NormLayer
+from .common import to_features
+from .dla import DLA
+from .resnet import ResNet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+OFFICIAL_URL = "https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/"
+DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+CIFAR29 = dict(layers=(3, 3, 3), planes=(64, 128, 256), stem="cifar", stem_width=64)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One named model: its architecture arguments and its card (paper figures, weights, preprocessing)."""
+
+    name: str
+    family: str  # "resnet" or "dla": which trunk class builds it
+    arch: Dict[str, Any]
+    description: str
+    aliases: Tuple[str, ...] = ()
+    timm_name: Optional[str] = None  # the same model in timm (test peer), if it has one
+    num_classes: int = 1000
+    input_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    std: Tuple[float, ...] = IMAGENET_STD
+    paper_top1_err: Optional[float] = None
+    paper_top5_err: Optional[float] = None
+    paper_params_m: Optional[float] = None
+    paper_source: str = ""
+    weights_file: Optional[str] = None  # official checkpoint file name; "-<sha256 prefix>" before ".pth"
+    baseline: Optional[str] = None  # the same-budget ResNet to compare against
+    tags: Tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def url(self) -> Optional[str]:
+        return OFFICIAL_URL + self.weights_file if self.weights_file else None
+
+    @property
+    def sha256_prefix(self) -> Optional[str]:
+        return self.weights_file.rsplit("-", 1)[1].split(".")[0] if self.weights_file else None
+
+
+def _imagenet(name: str, depth: int, base_width: int, scale: int, desc: str, **kw: Any) -> ModelSpec:
+    """A 50/101/152-layer ImageNet row; ``kw`` splits into trunk arguments and card fields."""
+    arch_keys = {"cardinality", "stem", "stem_width", "avg_down", "se_reduction"}
+    arch = dict(layers=DEPTHS[depth], base_width=base_width, scale=scale)
+    arch.update({k: kw.pop(k) for k in list(kw) if k in arch_keys})
+    return ModelSpec(name=name, family="resnet", arch=arch, description=desc, **kw)
+
+
+def _v1b(**kw: Any) -> Dict[str, Any]:
+    return dict(stem="deep", stem_width=64, avg_down=True, **kw)
+
+
+def _cifar(name: str, cardinality: int, base_width: int, scale: int, desc: str, **kw: Any) -> ModelSpec:
+    arch = dict(CIFAR29, cardinality=cardinality, base_width=base_width, scale=scale)
+    if kw.pop("se", False):
+        arch["se_reduction"] = 16
+    return ModelSpec(name=name, family="resnet", arch=arch, description=desc, num_classes=100, input_size=32,
+                     crop_pct=1.0, mean=CIFAR100_MEAN, std=CIFAR100_STD, paper_source="paper Table 4", **kw)
+
+
+def _small(name: str, layers: Tuple[int, ...], planes: Tuple[int, ...], base_width: int, scale: int,
+           stem_width: int, desc: str, **kw: Any) -> ModelSpec:
+    arch = dict(layers=layers, planes=planes, base_width=base_width, scale=scale, stem="cifar",
+                stem_width=stem_width)
+    return ModelSpec(name=name, family="resnet", arch=arch, description=desc, num_classes=10, input_size=32,
+                     crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3, tags=("small",), **kw)
+
+
+def _dla(name: str, base_width: int, scale: int, cardinality: int, desc: str, **kw: Any) -> ModelSpec:
+    arch = dict(base_width=base_width, scale=scale, cardinality=cardinality)
+    return ModelSpec(name=name, family="dla", arch=arch, description=desc, **kw)
+
+
+T1 = "paper Table 1"
+README = "official README"
+MODELS: List[ModelSpec] = [
+    # --- Res2Net-50 scale/width settings (paper Tables 1, 3; official weights) ---------------------------
+    _imagenet("res2net50_26w_4s", 50, 26, 4, "Res2Net-50, 26w x 4s", timm_name="res2net50_26w_4s",
+              paper_top1_err=22.01, paper_top5_err=6.15, paper_params_m=25.70, paper_source=T1,
+              weights_file="res2net50_26w_4s-06e79181.pth", baseline="resnet50"),
+    _imagenet("res2net50_48w_2s", 50, 48, 2, "Res2Net-50, 48w x 2s", timm_name="res2net50_48w_2s",
+              paper_top1_err=22.68, paper_top5_err=6.47, paper_params_m=25.29, paper_source="paper Table 3",
+              weights_file="res2net50_48w_2s-afed724a.pth", baseline="resnet50"),
+    _imagenet("res2net50_14w_8s", 50, 14, 8, "Res2Net-50, 14w x 8s", timm_name="res2net50_14w_8s",
+              paper_top1_err=21.86, paper_top5_err=6.14, paper_params_m=25.06, paper_source="paper Table 3",
+              weights_file="res2net50_14w_8s-6527dddc.pth", baseline="resnet50"),
+    _imagenet("res2net50_26w_6s", 50, 26, 6, "Res2Net-50, 26w x 6s", timm_name="res2net50_26w_6s",
+              paper_top1_err=21.42, paper_top5_err=5.87, paper_params_m=37.05, paper_source="paper Table 3",
+              weights_file="res2net50_26w_6s-19041792.pth", baseline="resnet50"),
+    _imagenet("res2net50_26w_8s", 50, 26, 8, "Res2Net-50, 26w x 8s", timm_name="res2net50_26w_8s",
+              paper_top1_err=20.80, paper_top5_err=5.63, paper_params_m=48.40, paper_source="paper Table 3",
+              weights_file="res2net50_26w_8s-2c7c9f12.pth", baseline="resnet50"),
+    _imagenet("res2net50_18w_4s", 50, 18, 4, "Res2Net-50-L (low complexity, paper Table 3), 18w x 4s",
+              paper_top1_err=22.92, paper_top5_err=6.67, paper_source="paper Table 3", baseline="resnet50"),
+    _imagenet("res2net50_26w_4s_299", 50, 26, 4, "Res2Net-50 26w x 4s at 299x299 input (paper Table 1 setting)",
+              input_size=299, crop_pct=299 / 333, baseline="resnet50"),
+    _imagenet("se_res2net50_26w_4s", 50, 26, 4, "SE-Res2Net-50, 26w x 4s (paper Table 1)", se_reduction=16,
+              paper_top1_err=21.56, paper_top5_err=5.94, paper_source=T1, baseline="se_resnet50"),
+    _imagenet("res2net101_26w_4s", 101, 26, 4, "Res2Net-101, 26w x 4s", timm_name="res2net101_26w_4s",
+              paper_top1_err=20.81, paper_top5_err=5.57, paper_params_m=45.21, paper_source="paper Table 2",
+              weights_file="res2net101_26w_4s-02a759a1.pth", baseline="resnet101"),
+    _imagenet("res2net152_26w_4s", 152, 26, 4, "Res2Net-152, 26w x 4s", baseline="resnet152"),
+    _imagenet("res2next50", 50, 4, 4, "Res2NeXt-50, 4w x 8c x 4s", cardinality=8, timm_name="res2next50",
+              paper_top1_err=21.76, paper_top5_err=6.09, paper_params_m=24.67, paper_source=T1,
+              weights_file="res2next50_4s-6ef7e7bf.pth", baseline="resnext50_32x4d"),
+    # --- v1b (deep stem, average-pool shortcut; official README) ---------------------------------------
+    _imagenet("res2net50_v1b_26w_4s", 50, 26, 4, "Res2Net-50 v1b, 26w x 4s", **_v1b(), aliases=("res2net50d",),
+              timm_name="res2net50d", paper_top1_err=19.73, paper_top5_err=4.96, paper_params_m=25.72,
+              paper_source=README, weights_file="res2net50_v1b_26w_4s-3cf99910.pth", baseline="resnet50"),
+    _imagenet("res2net101_v1b_26w_4s", 101, 26, 4, "Res2Net-101 v1b, 26w x 4s", **_v1b(),
+              aliases=("res2net101d",), timm_name="res2net101d", paper_top1_err=18.77, paper_top5_err=4.64,
+              paper_params_m=45.23, paper_source=README, weights_file="res2net101_v1b_26w_4s-0812c246.pth",
+              baseline="resnet101"),
+    _imagenet("res2net152_v1b_26w_4s", 152, 26, 4, "Res2Net-152 v1b, 26w x 4s", **_v1b(), baseline="resnet152"),
+    # --- DLA (paper Table 1; official weights) ----------------------------------------------------------
+    _dla("res2net_dla60", 28, 4, 1, "Res2Net-DLA-60", aliases=("dla60_res2net",), timm_name="dla60_res2net",
+         paper_top1_err=21.53, paper_top5_err=5.80, paper_params_m=21.15, paper_source=T1,
+         weights_file="res2net_dla60_4s-d88db7f9.pth", baseline="dla60"),
+    _dla("res2next_dla60", 4, 4, 8, "Res2NeXt-DLA-60", aliases=("dla60_res2next",), timm_name="dla60_res2next",
+         paper_top1_err=21.55, paper_top5_err=5.86, paper_params_m=17.33, paper_source=T1,
+         weights_file="res2next_dla60_4s-d327927b.pth", baseline="dla60x"),
+    # --- CIFAR-100 Res2NeXt-29 family (paper Table 4) ---------------------------------------------------
+    _cifar("resnext29_8x64d", 8, 64, 1, "ResNeXt-29, 8c x 64w (baseline)", paper_params_m=34.4),
+    _cifar("resnext29_16x64d", 16, 64, 1, "ResNeXt-29, 16c x 64w (baseline)", paper_params_m=68.1),
+    _cifar("res2next29_6cx24wx4s", 6, 24, 4, "Res2NeXt-29, 6c x 24w x 4s", paper_params_m=24.3,
+           baseline="resnext29_8x64d"),
+    _cifar("res2next29_8cx25wx4s", 8, 25, 4, "Res2NeXt-29, 8c x 25w x 4s", paper_params_m=33.8,
+           baseline="resnext29_8x64d"),
+    _cifar("res2next29_6cx24wx6s", 6, 24, 6, "Res2NeXt-29, 6c x 24w x 6s", paper_params_m=36.7,
+           baseline="resnext29_8x64d"),
+    _cifar("se_res2next29_6cx24wx4s", 6, 24, 4, "SE-Res2NeXt-29, 6c x 24w x 4s", se=True, paper_params_m=26.0,
+           baseline="resnext29_8x64d"),
+    _cifar("se_res2next29_8cx25wx4s", 8, 25, 4, "SE-Res2NeXt-29, 8c x 25w x 4s", se=True, paper_params_m=34.0,
+           baseline="resnext29_8x64d"),
+    _cifar("se_res2next29_6cx24wx6s", 6, 24, 6, "SE-Res2NeXt-29, 6c x 24w x 6s", se=True, paper_params_m=36.9,
+           baseline="resnext29_8x64d"),
+    # --- baselines from the same block with scale 1 (paper Tables 1-2) ----------------------------------
+    _imagenet("resnet50", 50, 64, 1, "ResNet-50 (baseline)", timm_name="resnet50", paper_top1_err=23.85,
+              paper_top5_err=7.13, paper_source=T1),
+    _imagenet("resnet101", 101, 64, 1, "ResNet-101 (baseline)", timm_name="resnet101", paper_top1_err=22.63,
+              paper_top5_err=6.44, paper_source="paper Table 2"),
+    _imagenet("resnet152", 152, 64, 1, "ResNet-152 (baseline)", timm_name="resnet152"),
+    _imagenet("resnext50_32x4d", 50, 4, 1, "ResNeXt-50, 32x4d (baseline)", cardinality=32,
+              timm_name="resnext50_32x4d", paper_top1_err=22.61, paper_top5_err=6.50, paper_source=T1),
+    _imagenet("se_resnet50", 50, 64, 1, "SE-ResNet-50 (baseline)", se_reduction=16, aliases=("seresnet50",),
+              timm_name="seresnet50", paper_top1_err=23.24, paper_top5_err=6.69, paper_source=T1),
+    _dla("dla60", 64, 1, 1, "DLA-60 (baseline)", timm_name="dla60", paper_top1_err=23.32, paper_top5_err=6.60,
+         paper_source=T1),
+    _dla("dla60x", 4, 1, 32, "DLA-X-60 (baseline)", timm_name="dla60x", paper_top1_err=22.19,
+         paper_top5_err=6.13, paper_source=T1),
+    # --- small models for 28-32 px images and CPU experiments (no anchor has these) ---------------------
+    # Each Res2Net is paired with the same trunk at scale 1 whose width gives the same parameter budget.
+    _small("res2net20_cifar", (2, 2, 2), (16, 32, 64), 64, 4, 32, "Res2Net, ResNet-20-style CIFAR trunk",
+           baseline="resnet20_cifar"),
+    _small("resnet20_cifar", (2, 2, 2), (16, 32, 64), 136, 1, 32, "same-budget ResNet for res2net20_cifar"),
+    _small("res2net56_cifar", (6, 6, 6), (16, 32, 64), 64, 4, 32, "Res2Net, ResNet-56-style CIFAR trunk",
+           baseline="resnet56_cifar"),
+    _small("resnet56_cifar", (6, 6, 6), (16, 32, 64), 138, 1, 32, "same-budget ResNet for res2net56_cifar"),
+    _small("res2net18_small", (2, 2, 2, 2), (64, 128, 256, 512), 21, 4, 64,
+           "Res2Net with ResNet-18's stage layout, small-image stem", baseline="resnet18_small"),
+    _small("resnet18_small", (2, 2, 2, 2), (64, 128, 256, 512), 53, 1, 64,
+           "same-budget ResNet for res2net18_small"),
+    _small("res2net34_small", (3, 4, 6, 3), (64, 128, 256, 512), 24, 4, 64,
+           "Res2Net with ResNet-34's stage layout, small-image stem", baseline="resnet34_small"),
+    _small("resnet34_small", (3, 4, 6, 3), (64, 128, 256, 512), 60, 1, 64,
+           "same-budget ResNet for res2net34_small"),
+]
+
+_BY_NAME: Dict[str, ModelSpec] = {}
+for _spec in MODELS:
+    for _key in (_spec.name,) + _spec.aliases:
+        if _key in _BY_NAME:
+            raise RuntimeError(f"duplicate model name {_key!r} in the registry")
+        _BY_NAME[_key] = _spec
+
+
+class UnknownModelError(KeyError, ValueError):
+    """Raised for a model name that is not in the registry; the message lists close matches."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry row of ``name`` (or of an alias)."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    close = difflib.get_close_matches(name, list(_BY_NAME), n=5, cutoff=0.5)
+    hint = f"; did you mean: {', '.join(close)}?" if close else "; see `res2net models` for the list"
+    raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def list_models(pattern: str = "*") -> List[str]:
+    """Names (not aliases) of the registered models matching a shell-style pattern, in registry order."""
+    return [s.name for s in MODELS if fnmatch.fnmatch(s.name, pattern) or
+            any(fnmatch.fnmatch(a, pattern) for a in s.aliases)]
+
+
+def create_model(
+    name: str,
+    pretrained: Union[bool, str] = False,
+    num_classes: Optional[int] = None,
+    in_chans: int = 3,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+    output_stride: Optional[int] = None,
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
+    norm_layer: Optional[NormLayer] = None,
+    drop_path_rate: float = 0.0,
+    grad_checkpointing: bool = False,
+    zero_init_last: bool = False,
+) -> nn.Module:
+    """Build a named model.
+
+    Args:
+        name: a name of :func:`list_models` or an alias (timm's names are accepted where timm has the model).
+        pretrained: ``True`` downloads the official checkpoint (hash-checked); a path or a ``file://``/
+            ``https://`` URL loads that file. Loading is strict (``weights_only=True``).
+        num_classes: classifier outputs (default: the model card's); 0 removes the classifier.
+        features_only: return the stage maps C1..C5 selected by ``out_indices``; see ``model.feature_info``.
+        output_stride: 32, 16 or 8 (dilated later stages) for ImageNet trunks; None keeps the native stride.
+        frozen_stages, norm_eval: mmdetection semantics (see :meth:`BackboneMixin.configure_backbone`).
+        drop_path_rate: stochastic depth, linearly increasing over the blocks.
+        grad_checkpointing: recompute block activations in backward to save memory.
+
+    >>> create_model("res2net50_26w_4s", num_classes=10)(torch.randn(1, 3, 64, 64)).shape
+    torch.Size([1, 10])
+    """
+    spec = get_spec(name)
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    n_cls = spec.num_classes if num_classes is None else num_classes
+    if not isinstance(n_cls, int) or n_cls < 0:
+        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+    cls = DLA if spec.family == "dla" else ResNet
+    model = cls(**spec.arch, num_classes=n_cls, in_chans=in_chans, output_stride=output_stride,
+                drop_path_rate=drop_path_rate, norm_layer=norm_layer, zero_init_last=zero_init_last)
+    model.default_cfg = model_card(name, with_complexity=False)  # type: ignore[assignment]
+    if pretrained:
+        from ..weights import load_pretrained
+
+        load_pretrained(model, spec, pretrained)
+    if features_only:
+        to_features(model, out_indices)
+    model.configure_backbone(frozen_stages=frozen_stages, norm_eval=norm_eval)
+    model.set_grad_checkpointing(grad_checkpointing)
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    """Total number of parameters (trainable or not), as the official figures count them."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """Multiply-accumulates of one forward at ``input_size``: torch's FlopCounterMode total / 2 (the paper's
+    convention). Runs on the meta device when the model is there, so it is instant for any size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x = torch.zeros(1, in_chans, input_size, input_size, device=device)
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    model.train(was_training)
+    return int(counter.get_total_flops() // 2)
+
+
+_COMPLEXITY_CACHE: Dict[str, Tuple[int, int]] = {}
+
+
+def model_complexity(name: str, input_size: Optional[int] = None) -> Tuple[int, int]:
+    """(params, MACs) of a named model with its card's classes, at its card's (or the given) input size."""
+    spec = get_spec(name)
+    size = input_size or spec.input_size
+    key = f"{spec.name}@{size}"
+    if key not in _COMPLEXITY_CACHE:
+        with torch.device("meta"):
+            model = create_model(spec.name)
+        _COMPLEXITY_CACHE[key] = (count_params(model), count_macs(model, size))
+    return _COMPLEXITY_CACHE[key]
+
+
+def model_card(name: str, with_complexity: bool = True) -> Dict[str, Any]:
+    """Everything known about a model: architecture, paper errors, params/MACs, preprocessing, weights."""
+    spec = get_spec(name)
+    card = asdict(spec)
+    card.update(url=spec.url, sha256_prefix=spec.sha256_prefix)
+    if with_complexity:
+        params, macs = model_complexity(spec.name)
+        card.update(params=params, macs=macs)
+    return card
