@@ -1,0 +1,1 @@
+"""Training tasks (classification, detection, segmentation, saliency) on the shared engine."""
