@@ -1,0 +1,1 @@
+"""The paper's analyses: complexity, ablation, Grad-CAM, receptive fields."""

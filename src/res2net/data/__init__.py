@@ -1,0 +1,1 @@
+"""Data sets, readers and transforms (imports no model code)."""
