@@ -1,8 +1,7 @@
 """Behaviour shared by the trunks: input checks, frozen stages, norm_eval, grad checkpointing, features."""
 
-from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,11 +13,8 @@ class BackboneMixin:
     """Mixed into a trunk that defines ``stem_modules()``, ``stage_modules()``, ``stages`` (ModuleList),
     ``in_chans``, ``min_input_size`` and ``forward_stages()``."""
 
-    in_chans: int
-    min_input_size: int
-    stages: nn.ModuleList
-    frozen_stages: int = -1
-    norm_eval: bool = False
+    frozen_stages = -1
+    norm_eval = False
 
     def check_input(self, x: Tensor) -> None:
         """Raise a clear error for a wrong channel count or a spatial size too small for the network."""
@@ -79,17 +75,26 @@ class FeaturesMixin:
     """Turns a trunk into a feature extractor: ``forward`` returns the maps of ``out_indices``
     (0 = stem output C1, 1.. = stage outputs C2..)."""
 
-    out_indices: List[int]
-
     def forward(self, x: Tensor) -> List[Tensor]:
         feats = self.forward_stages(x)  # type: ignore[attr-defined]
         return [feats[i] for i in self.out_indices]
 
 
-def to_features(model: nn.Module, out_indices: Sequence[int]) -> nn.Module:
-    """Switch a built trunk to a features-only model in place (head removed, ``feature_info`` filtered)."""
+def check_block_args(scale: int, base_width: int, cardinality: int, min_planes: int) -> None:
+    """ValueError naming the argument for an impossible Res2Net/ResNeXt dimension."""
+    for arg, value in (("scale", scale), ("base_width", base_width), ("cardinality", cardinality)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{arg} must be an integer >= 1, got {value!r}")
+    if min_planes * base_width < 64:
+        raise ValueError(f"base_width must be >= {-(-64 // min_planes)} so that every split has a channel "
+                         f"(floor(planes * base_width / 64) with planes={min_planes}), got {base_width}")
+
+
+def to_features(model: nn.Module, out_indices: Optional[Sequence[int]] = None) -> nn.Module:
+    """Switch a built trunk to a features-only model in place (head removed, ``feature_info`` filtered).
+    ``out_indices`` default: every level (C1..C5, or C1..C4 for 3-stage CIFAR trunks)."""
     n = len(model.feature_info)  # type: ignore[arg-type]
-    indices = list(out_indices)
+    indices = list(range(n)) if out_indices is None else list(out_indices)
     if not indices or any(not isinstance(i, int) or not 0 <= i < n for i in indices) or len(set(indices)) != len(indices):
         raise ValueError(f"out_indices must be distinct integers in [0, {n - 1}] for this model, got {out_indices}")
     cls = type(model)

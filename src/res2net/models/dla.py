@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import NormLayer, Res2NetBlock, conv_bn_relu, init_weights, split_width
-from .common import BackboneMixin, add_alias_keys, drop_alias_keys
+from .common import BackboneMixin, check_block_args, add_alias_keys, drop_alias_keys
 
 
 class Root(nn.Module):
@@ -128,6 +128,7 @@ class DLA(BackboneMixin, nn.Module):
             raise ValueError(f"output_stride must be one of (32,) for DLA models, got {output_stride}")
         if in_chans < 1:
             raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        check_block_args(scale, base_width, cardinality, min(channels[2:]) // 2)
         norm_layer = norm_layer or nn.BatchNorm2d
         self.in_chans = in_chans
         self.num_classes = num_classes

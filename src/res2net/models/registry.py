@@ -221,7 +221,7 @@ def create_model(
     num_classes: Optional[int] = None,
     in_chans: int = 3,
     features_only: bool = False,
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+    out_indices: Optional[Sequence[int]] = None,
     output_stride: Optional[int] = None,
     frozen_stages: int = -1,
     norm_eval: bool = False,
@@ -237,7 +237,8 @@ def create_model(
         pretrained: ``True`` downloads the official checkpoint (hash-checked); a path or a ``file://``/
             ``https://`` URL loads that file. Loading is strict (``weights_only=True``).
         num_classes: classifier outputs (default: the model card's); 0 removes the classifier.
-        features_only: return the stage maps C1..C5 selected by ``out_indices``; see ``model.feature_info``.
+        features_only: return the stage maps C1..C5 selected by ``out_indices`` (default all); see
+            ``model.feature_info``.
         output_stride: 32, 16 or 8 (dilated later stages) for ImageNet trunks; None keeps the native stride.
         frozen_stages, norm_eval: mmdetection semantics (see :meth:`BackboneMixin.configure_backbone`).
         drop_path_rate: stochastic depth, linearly increasing over the blocks.

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import NormLayer, Res2NetBlock, conv_bn_relu, init_weights, split_width
-from .common import BackboneMixin, add_alias_keys, drop_alias_keys
+from .common import BackboneMixin, check_block_args, add_alias_keys, drop_alias_keys
 
 STEMS = ("default", "deep", "cifar")
 
@@ -55,10 +55,11 @@ class ResNet(BackboneMixin, nn.Module):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        if len(layers) != len(planes) or not all(n >= 1 for n in layers):
+        if len(layers) != len(planes) or not all(n >= 1 for n in layers) or not all(p >= 1 for p in planes):
             raise ValueError(f"layers {tuple(layers)} must give >= 1 block for each of the {len(planes)} stages")
         if in_chans < 1:
             raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        check_block_args(scale, base_width, cardinality, min(planes))
         norm_layer = norm_layer or nn.BatchNorm2d
         self.in_chans = in_chans
         self.num_classes = num_classes
