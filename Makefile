@@ -1,0 +1,37 @@
+# Set-up is automatic: every target below creates .venv, installs the package and fetches the offline data.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data demo test test-fast bench clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist where apt-get exists (the loader falls back to
+# torchvision's download elsewhere).
+data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "warning: could not install dataset-fashion-mnist; res2net train will try torchvision's download"; \
+	fi
+
+demo: setup
+	$(BIN)/res2net train
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2 --durations=15
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+bench: setup
+	$(BIN)/res2net bench --train --out runs/bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info
