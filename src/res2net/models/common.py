@@ -10,8 +10,8 @@ from torch.utils.checkpoint import checkpoint
 
 
 class BackboneMixin:
-    """Mixed into a trunk that defines ``stem_modules()``, ``stage_modules()``, ``stages`` (ModuleList),
-    ``in_chans``, ``min_input_size`` and ``forward_stages()``."""
+    """Mixed into a trunk that defines ``stem_modules()``, ``in_chans``, ``min_input_size`` and
+    ``forward_stages()``, and calls :meth:`setup_stages` at the end of its ``__init__``."""
 
     frozen_stages = -1
     norm_eval = False
@@ -27,6 +27,25 @@ class BackboneMixin:
             raise ValueError("input of " + str(x.shape[2]) + "x" + str(x.shape[3]) + " is too small for this "
                              "network: it needs at least " + str(self.min_input_size) + "x"
                              + str(self.min_input_size) + " pixels (its total stride)")
+
+    def setup_stages(self, names: List[str]) -> None:
+        """Register ``stages``, an alias of the named stage modules (iterable in TorchScript), kept out of the
+        state_dict so the official key layout stays."""
+        self.stage_names = names
+        self.stages = nn.ModuleList([getattr(self, n) for n in names])
+        self.register_state_dict_post_hook(drop_alias_keys)  # type: ignore[attr-defined]
+        self.register_load_state_dict_pre_hook(add_alias_keys)  # type: ignore[attr-defined]
+
+    def stage_modules(self) -> List[nn.Module]:
+        return list(self.stages)
+
+    def run_stages(self, x: Tensor) -> List[Tensor]:
+        """Every stage in turn (checkpointed per block when enabled in training); returns each stage's output."""
+        feats: List[Tensor] = []
+        for i, stage in enumerate(self.stages):
+            x = self.checkpointed_stage(i, x) if self.grad_checkpointing and self.training else stage(x)
+            feats.append(x)
+        return feats
 
     @torch.jit.unused
     def checkpointed_stage(self, index: int, x: Tensor) -> Tensor:
@@ -44,7 +63,7 @@ class BackboneMixin:
         """mmdetection semantics: ``frozen_stages=k`` freezes the stem (k >= 0) and stages 1..k (parameters
         get ``requires_grad=False`` and their norms stay in eval mode); ``norm_eval`` keeps every BatchNorm in
         eval mode during training."""
-        n = len(self.stage_modules())  # type: ignore[attr-defined]
+        n = len(self.stage_modules())
         if not -1 <= frozen_stages <= n:
             raise ValueError(f"frozen_stages must be in [-1, {n}] for this model, got {frozen_stages}")
         self.frozen_stages = frozen_stages
@@ -57,7 +76,7 @@ class BackboneMixin:
     def frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:
             return []
-        return list(self.stem_modules()) + list(self.stage_modules()[: self.frozen_stages])  # type: ignore
+        return list(self.stem_modules()) + self.stage_modules()[: self.frozen_stages]  # type: ignore
 
     def train(self, mode: bool = True) -> Any:
         super().train(mode)  # type: ignore[misc]

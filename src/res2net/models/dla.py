@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import NormLayer, Res2NetBlock, conv_bn_relu, init_weights, split_width
-from .common import BackboneMixin, check_block_args, add_alias_keys, drop_alias_keys
+from .common import BackboneMixin, check_block_args
 
 
 class Root(nn.Module):
@@ -147,7 +147,6 @@ class DLA(BackboneMixin, nn.Module):
                 levels[i], block_args, channels[i - 1], channels[i], 2, level_root=i > 2, norm_layer=norm_layer,
                 drop_path=rates[start:start + n], keep_unused_project=keep_unused_project))
             start += n
-        self.stage_names = [f"level{i}" for i in range(1, 6)]
         self.feature_info: List[Dict[str, Any]] = [
             {"num_chs": channels[i], "reduction": 2 ** i, "module": f"level{i}"} for i in range(1, 6)
         ]
@@ -155,26 +154,16 @@ class DLA(BackboneMixin, nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc: nn.Module = (nn.Conv2d(channels[-1], num_classes, 1, bias=True) if num_classes > 0
                               else nn.Identity())
-        self.stages = nn.ModuleList([getattr(self, n) for n in self.stage_names])
-        self.register_state_dict_post_hook(drop_alias_keys)
-        self.register_load_state_dict_pre_hook(add_alias_keys)
+        self.setup_stages([f"level{i}" for i in range(1, 6)])
         init_weights(self, zero_init_last=zero_init_last)
 
     def stem_modules(self) -> List[nn.Module]:
         return [self.base_layer, self.level0]
 
-    def stage_modules(self) -> List[nn.Module]:
-        return [getattr(self, n) for n in self.stage_names]
-
     def forward_stages(self, x: Tensor) -> List[Tensor]:
         """Outputs of levels 1..5 (C1..C5, strides 2..32)."""
         self.check_input(x)
-        x = self.level0(self.base_layer(x))
-        feats: List[Tensor] = []
-        for i, stage in enumerate(self.stages):
-            x = self.checkpointed_stage(i, x) if self.grad_checkpointing and self.training else stage(x)
-            feats.append(x)
-        return feats
+        return self.run_stages(self.level0(self.base_layer(x)))
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.forward_stages(x)[-1]

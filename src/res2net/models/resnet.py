@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import NormLayer, Res2NetBlock, conv_bn_relu, init_weights, split_width
-from .common import BackboneMixin, check_block_args, add_alias_keys, drop_alias_keys
+from .common import BackboneMixin, check_block_args
 
 STEMS = ("default", "deep", "cifar")
 
@@ -97,7 +97,7 @@ class ResNet(BackboneMixin, nn.Module):
         block_idx = 0
         in_channels = stem_width
         reduction, dilation = stem_stride, 1
-        self.stage_names: List[str] = []
+        stage_names: List[str] = []
         for i, (n_blocks, p, s) in enumerate(zip(layers, planes, stage_strides)):
             first_dilation = dilation
             if reduction * s > output_stride:
@@ -127,25 +127,18 @@ class ResNet(BackboneMixin, nn.Module):
                 block_idx += 1
             name = f"layer{i + 1}"
             self.add_module(name, nn.Sequential(*blocks))
-            self.stage_names.append(name)
+            stage_names.append(name)
             in_channels = out_channels
             info.append({"num_chs": out_channels, "reduction": reduction, "module": name})
         self.feature_info = info
         self.num_features = in_channels
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc: nn.Module = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
-        self.stages = nn.ModuleList([getattr(self, n) for n in self.stage_names])
-        # ``stages`` aliases layer1..N for iteration; keep it out of the state_dict (official layout).
-        self.register_state_dict_post_hook(drop_alias_keys)
-        self.register_load_state_dict_pre_hook(add_alias_keys)
+        self.setup_stages(stage_names)
         init_weights(self, zero_init_last=zero_init_last)
 
-    # ---- structure used by BackboneMixin -------------------------------------------------------------
     def stem_modules(self) -> List[nn.Module]:
         return [self.conv1, self.bn1]
-
-    def stage_modules(self) -> List[nn.Module]:
-        return [getattr(self, n) for n in self.stage_names]
 
     # ---- forward ------------------------------------------------------------------------------------
     def forward_stem(self, x: Tensor) -> Tensor:
@@ -155,19 +148,11 @@ class ResNet(BackboneMixin, nn.Module):
         """Stem output (C1) and every stage output (C2..), in order."""
         self.check_input(x)
         x = self.forward_stem(x)
-        feats = [x]
-        x = self.maxpool(x)
-        for i, stage in enumerate(self.stages):
-            x = self.checkpointed_stage(i, x) if self.grad_checkpointing and self.training else stage(x)
-            feats.append(x)
-        return feats
+        return [x] + self.run_stages(self.maxpool(x))
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        x = self.maxpool(self.forward_stem(x))
-        for i, stage in enumerate(self.stages):
-            x = self.checkpointed_stage(i, x) if self.grad_checkpointing and self.training else stage(x)
-        return x
+        return self.run_stages(self.maxpool(self.forward_stem(x)))[-1]
 
     def forward_head(self, x: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.global_pool(x), 1))
