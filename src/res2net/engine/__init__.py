@@ -1,1 +1,59 @@
-"""The task-agnostic training engine."""
+"""The task-agnostic training engine: one loop for classification, detection, segmentation and saliency.
+
+The loop (:class:`Trainer`) owns everything that is not task-specific: device selection (CUDA when present),
+``torchrun`` DDP (gloo on CPU, nccl on CUDA; only rank 0 writes files or prints), AMP (bf16 autocast on CPU,
+bf16/fp16 on CUDA with a GradScaler for fp16), channels_last, the optimizer and per-step lr schedule, EMA,
+gradient clipping, atomic checkpoints (``last.pt`` + ``last.prev.pt`` + ``best.pt``), exact resume (model,
+optimizer, scheduler, scaler, EMA, every RNG state and the sampler position, so a run killed mid-epoch
+resumes bit for bit with ``run.deterministic``), NaN/inf stop, JSONL logs and tqdm progress.
+
+A task supplies the rest by subclassing :class:`Task`::
+
+    class MyTask(Task):
+        name = "segmentation"
+        primary_metric, higher_is_better = "miou", True   # key of evaluate() that picks best.pt
+        collate_fn = None                                 # DataLoader collate (None: default_collate)
+
+        def build_model(self) -> nn.Module: ...           # fresh model; the engine moves/wraps it
+        def build_datasets(self) -> (train_set, val_set): # map-style data sets (val may be None)
+        def prepare_batch(self, batch, ctx, train): ...   # optional: ctx.to_device(batch) + batched augment
+        def training_step(self, model, batch, ctx) -> (loss, {"name": float, ...})   # under autocast
+        def evaluate(self, model, loader, ctx) -> {"miou": float, ...}   # eval mode, no_grad, autocast
+        def param_groups(self, model) -> [{"params": ...}, ...]          # optional
+
+    result = fit(MyTask(...), cfg, out_dir, resume=False)   # -> FitResult(model, history, metrics, ...)
+
+``ctx`` is a :class:`Context` (device, amp dtype, channels_last, dist info, out_dir, epoch, global_step;
+``ctx.to_device(obj)`` and ``ctx.autocast()``). Sample order comes from the engine's
+:class:`ResumableBatchSampler` (seeded per epoch, sharded per rank); a task never builds its own loader.
+Random augmentation should use torch's global RNG in ``prepare_batch`` (restored on resume); augmentation
+inside DataLoader workers (``run.workers > 0``) is reproducible per run, but a mid-epoch resume is exact
+only with ``run.workers=0`` or augmentation in ``prepare_batch``.
+
+Configuration: a task declares a top-level dataclass holding the engine's sections :class:`OptimConfig`
+(``optim.*``), :class:`SchedConfig` (``sched.*``), :class:`RunConfig` (``run.*``) plus its own sections, and
+reads it with :func:`load_config(schema, recipe, overrides, values)` from a packaged recipe
+(``res2net/configs/<name>.yaml``) or a YAML path; unknown keys and wrong types raise one-line
+:class:`~res2net.errors.ConfigError` naming the key and what is allowed. CLI: :func:`add_engine_args`
+adds the shared flags (``--config --epochs --batch-size --seed --deterministic --out --resume
+--checkpoint-every --quiet --device --amp --workers --set KEY=VALUE``) and :func:`engine_values` maps them to
+dotted keys for ``load_config(values=...)``. Precedence: schema defaults < recipe < flags < ``--set``.
+
+Learning rate: ``optim.lr`` is for a global batch of ``optim.lr_batch``; the loop uses
+``lr * batch_size * world_size / lr_batch`` (linear scaling rule), so adding processes keeps the recipe.
+Checkpoints load with ``torch.load(path, weights_only=True)`` (:func:`load_checkpoint`).
+"""
+
+from .args import add_engine_args, engine_values
+from .checkpoint import load_checkpoint, load_latest, model_state, save_atomic
+from .config import OptimConfig, RunConfig, SchedConfig, load_config, to_dict
+from .distributed import DistInfo, init_distributed, select_amp, select_device
+from .sampler import ResumableBatchSampler
+from .trainer import Context, FitResult, Task, Trainer, TrainingDiverged, fit, seed_everything
+
+__all__ = [
+    "Context", "DistInfo", "FitResult", "OptimConfig", "ResumableBatchSampler", "RunConfig", "SchedConfig",
+    "Task", "Trainer", "TrainingDiverged", "add_engine_args", "engine_values", "fit", "init_distributed",
+    "load_checkpoint", "load_config", "load_latest", "model_state", "save_atomic", "seed_everything",
+    "select_amp", "select_device", "to_dict",
+]

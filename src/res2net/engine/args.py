@@ -1,0 +1,47 @@
+"""Command-line flags shared by every training command (``train``, ``detect``, ``segment``, ...)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict
+
+# flag destination -> dotted config key (the flag wins over the recipe, ``--set`` wins over the flag)
+FLAG_KEYS = {
+    "epochs": "run.epochs",
+    "batch_size": "optim.batch_size",
+    "seed": "run.seed",
+    "deterministic": "run.deterministic",
+    "checkpoint_every": "run.checkpoint_every",
+    "quiet": "run.quiet",
+    "device": "run.device",
+    "amp": "run.amp",
+    "workers": "run.workers",
+}
+
+
+def add_engine_args(parser: argparse.ArgumentParser, default_config: str) -> None:
+    """Add ``--config --epochs --batch-size --seed --deterministic --out --resume --checkpoint-every --quiet
+    --device --amp --workers --set`` to a training subcommand's parser."""
+    g = parser.add_argument_group("engine")
+    g.add_argument("--config", default=default_config, metavar="NAME|FILE",
+                   help=f"packaged recipe name or YAML file (default: {default_config})")
+    g.add_argument("--epochs", type=int, help="epochs to train (run.epochs)")
+    g.add_argument("--batch-size", type=int, help="batch size per process (optim.batch_size)")
+    g.add_argument("--seed", type=int, help="random seed (run.seed)")
+    g.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic kernels: a resumed run equals an uninterrupted one bit for bit")
+    g.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
+    g.add_argument("--resume", action="store_true", help="continue from <out>/<model>/last.pt where present")
+    g.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="also checkpoint every STEPS optimizer steps (run.checkpoint_every)")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress bars (run.quiet)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (run.device)")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype (run.amp)")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes (run.workers)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")
+
+
+def engine_values(args: argparse.Namespace) -> Dict[str, Any]:
+    """The dotted config values given by the shared flags (None where a flag was not given)."""
+    return {key: getattr(args, dest, None) for dest, key in FLAG_KEYS.items()}

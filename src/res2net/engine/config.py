@@ -1,0 +1,211 @@
+"""Typed, validated configuration: nested dataclasses filled from YAML recipes and ``--set key=value``.
+
+A schema is any dataclass whose fields are scalars (int, float, bool, str), ``Optional[...]`` of them,
+``List[...]``/``Tuple[...]`` of them, or nested schema dataclasses (sections). :func:`load_config` reads a
+recipe (a name of ``res2net/configs/*.yaml`` or a file path), applies dotted overrides, and checks every key
+and type; an unknown key or a wrong type raises a one-line :class:`~res2net.errors.ConfigError` naming the
+key and what is allowed. Tasks build their own top-level schema from the engine's sections
+(:class:`OptimConfig`, :class:`SchedConfig`, :class:`RunConfig`) plus their own ``model``/``data`` sections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Type, TypeVar, Union
+
+import yaml
+
+from ..errors import ConfigError
+
+T = TypeVar("T")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and loss-side regularisation."""
+
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # for the reference batch ``lr_batch`` (linear scaling rule: lr * global_batch / lr_batch)
+    lr_batch: int = 256
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    batch_size: int = 256  # per process
+    label_smoothing: float = 0.0
+    clip_grad_norm: Optional[float] = None
+    ema_decay: Optional[float] = None  # e.g. 0.999; evaluates the EMA weights when set
+
+
+@dataclass
+class SchedConfig:
+    """Learning-rate schedule (stepped once per optimizer step, defined in epochs)."""
+
+    name: str = "multistep"  # multistep | onecycle | cosine | constant
+    milestones: List[int] = field(default_factory=lambda: [30, 60, 90])  # epochs, for multistep
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up (multistep/cosine)
+    pct_start: float = 0.25  # onecycle: fraction of the run spent warming up
+
+
+@dataclass
+class RunConfig:
+    """How the loop runs: length, seed, device, precision, checkpoints, logs."""
+
+    epochs: int = 100
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | off
+    channels_last: bool = True
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
+    log_every: int = 20  # steps between JSONL step records
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    workers: int = 2  # DataLoader worker processes (0: load in the main process)
+    num_threads: int = 0  # torch CPU threads (0: torch's default)
+    quiet: bool = False
+    tensorboard: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin in (list, tuple, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, a, value)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return [_coerce(f"{key}[{i}]", item, v) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
+        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    if tp in (int, float, str) and not isinstance(value, tp):
+        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _fields(schema: Type[Any]) -> Dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build ``schema`` from a nested mapping; missing keys keep their defaults, unknown keys are errors."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
+    types = _fields(schema)
+    kwargs: Dict[str, Any] = {}
+    for key, value in data.items():
+        full = prefix + str(key)
+        if key not in types:
+            raise ConfigError(f"unknown config key {full!r}; allowed: {', '.join(prefix + k for k in types)}")
+        tp = types[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value or {}, full + ".")
+        else:
+            kwargs[key] = _coerce(full, tp, value)
+    return schema(**kwargs)
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    """The config as plain nested dicts/lists (YAML-, JSON- and ``weights_only``-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def set_key(data: Dict[str, Any], schema: Type[Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c = value`` in a nested dict, checking the key path against ``schema`` as it goes."""
+    parts = dotted.split(".")
+    node, tp, prefix = data, schema, ""
+    for part in parts[:-1]:
+        types = _fields(tp)
+        if part not in types or not dataclasses.is_dataclass(types[part]):
+            sections = [k for k, t in types.items() if dataclasses.is_dataclass(t)]
+            raise ConfigError(f"unknown config section {prefix + part!r}; allowed: "
+                              f"{', '.join(prefix + s for s in sections)}")
+        tp = types[part]
+        prefix += part + "."
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    types = _fields(tp)
+    if last not in types:
+        raise ConfigError(f"unknown config key {dotted!r}; allowed: {', '.join(prefix + k for k in types)}")
+    node[last] = value
+
+
+def parse_override(text: str) -> tuple:
+    """``"optim.lr=0.05"`` -> ``("optim.lr", 0.05)``; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like KEY=VALUE, e.g. optim.lr=0.05")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def recipe_names() -> List[str]:
+    """Names of the packaged recipes (``res2net/configs/*.yaml``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_recipe(source: str) -> Dict[str, Any]:
+    """The raw mapping of a recipe: a packaged name (``imagenet``) or a YAML file path."""
+    path = Path(source)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{source}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown config {source!r}; packaged recipes: {', '.join(recipe_names())}"
+                              " (or give a YAML file path)")
+    elif not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    return data
+
+
+def load_config(schema: Type[T], source: Optional[str] = None, overrides: Sequence[str] = (),
+                values: Optional[Mapping[str, Any]] = None) -> T:
+    """Schema defaults <- recipe ``source`` <- ``values`` (dotted keys, e.g. from CLI flags; None skipped)
+    <- ``overrides`` (``KEY=VALUE`` strings from ``--set``), validated."""
+    data: Dict[str, Any] = read_recipe(source) if source else {}
+    from_dict(schema, data)  # validate the recipe itself first, so its errors name the file's keys
+    for key, value in (values or {}).items():
+        if value is not None:
+            set_key(data, schema, key, value)
+    for text in overrides:
+        set_key(data, schema, *parse_override(text))
+    return from_dict(schema, data)
