@@ -280,7 +280,7 @@ class MaskFolder(Dataset):
     """Images paired with one mask each, matched by file stem.
 
     ``num_classes`` set: a semantic-segmentation mask of class indices (255 = ignore; any other value
-    >= num_classes is an error naming the file). ``num_classes`` None: a saliency mask, binarised at 128
+    >= num_classes is an error naming the file). ``num_classes`` None: a saliency mask, binarised as value > 128 (as the SOD toolkits do)
     and returned as float {0, 1}. Items are ``(image (3, H, W), mask (H, W))`` after ``transforms``."""
 
     def __init__(self, pairs: Sequence[Tuple[Path, Path]], num_classes: Optional[int] = None,
@@ -303,7 +303,7 @@ class MaskFolder(Dataset):
         mask = load_mask(mask_path)
         _check_size(mask, image, mask_path)
         if self.num_classes is None:
-            return image, torch.from_numpy(mask >= 128).float()
+            return image, torch.from_numpy(mask > 128).float()
         bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
         if bad.any():
             raise DataError(f"{mask_path}: class ids {sorted(set(mask[bad].tolist()))[:5]} outside "
