@@ -4,6 +4,7 @@ the engine Task base class (data resolution, ``--steps``, reports), and the trai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -52,18 +53,15 @@ class DenseDataConfig:
 def dense_config(model_cls: Type[Any]) -> Type[Any]:
     """A top-level config schema with a task's ``model`` section and the shared data/engine sections."""
 
-    @dataclass
-    class Config:
-        model: model_cls = field(default_factory=model_cls)  # type: ignore[valid-type]
-        data: DenseDataConfig = field(default_factory=DenseDataConfig)
-        optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, lr_batch=8,
-                                                                       batch_size=8, weight_decay=1e-4))
-        sched: SchedConfig = field(default_factory=lambda: SchedConfig(name="cosine", milestones=[]))
-        run: RunConfig = field(default_factory=lambda: RunConfig(epochs=1, amp="off", workers=0,
-                                                                 log_every=5))
-
-    Config.__name__ = model_cls.__name__.replace("Model", "")
-    return Config
+    name = model_cls.__name__.replace("Model", "")
+    return dataclasses.make_dataclass(name, [
+        ("model", model_cls, field(default_factory=model_cls)),
+        ("data", DenseDataConfig, field(default_factory=DenseDataConfig)),
+        ("optim", OptimConfig, field(default_factory=lambda: OptimConfig(
+            name="adamw", lr=1e-3, lr_batch=8, batch_size=8, weight_decay=1e-4))),
+        ("sched", SchedConfig, field(default_factory=lambda: SchedConfig(name="cosine", milestones=[]))),
+        ("run", RunConfig, field(default_factory=lambda: RunConfig(epochs=1, amp="off", workers=0, log_every=5))),
+    ])
 
 
 def frozen_stages_for(trainable_layers: int, n_stages: int) -> int:
@@ -149,14 +147,16 @@ class DenseTask(_engine_task_base()):  # type: ignore[misc]
     def data_root(self) -> Path:
         """The folder of this task's layout; generates the scenes first when ``data.synthetic``."""
         d = self.cfg.data
-        if d.synthetic == bool(d.root) and not d.synthetic:
+        if not d.synthetic and not d.root:
             raise ConfigError("give --data-dir DIR or --data synthetic")
         if not d.synthetic:
             root = Path(d.root)
             if not root.exists():
                 raise DataError(f"{root}: data folder not found")
             return root
-        base = Path(d.root) if d.root else self.out_dir / "data"
+        if not d.root:  # remembered in the checkpoint's config, so eval/predict find the same scenes
+            d.root = str((self.out_dir / "data").resolve())
+        base = Path(d.root)
         wanted = {"n_train": d.synthetic_train, "n_val": d.synthetic_val, "size": d.image_size,
                   "seed": d.synthetic_seed}
         meta = base / "scenes.json"
