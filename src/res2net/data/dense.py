@@ -143,6 +143,10 @@ class DetectionDataset(Dataset):
             "labels": torch.tensor([o["label"] for o in objs], dtype=torch.int64),
             "iscrowd": torch.tensor([o.get("iscrowd", 0) for o in objs], dtype=torch.int64),
             "difficult": torch.tensor([o.get("difficult", 0) for o in objs], dtype=torch.bool),
+            # COCO's annotation area (mask area; decides small/medium/large), or the box area (VOC)
+            "area": torch.tensor([o["ann"]["area"] if "ann" in o and "area" in o["ann"] else
+                                  (o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]) for o in objs],
+                                 dtype=torch.float32),
             "image_id": rec["image_id"],
         }
         if self.with_masks:

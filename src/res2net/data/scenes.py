@@ -99,7 +99,8 @@ def make_scene(rng: np.random.Generator, size: int = 128, max_objects: int = 4, 
         objects.append((math.exp(rng.uniform(math.log(min(lo, hi / 2)), math.log(hi))), kind_idx))
     for area, kind_idx in sorted(objects, reverse=True):  # large ones at the back, less occluded
         r = math.sqrt(area / SHAPE_AREA[SCENE_CLASSES[kind_idx]])
-        cx, cy = rng.uniform(r * 0.8, size - r * 0.8), rng.uniform(r * 0.8, size - r * 0.8)
+        margin = min(r * 0.8, size / 2)
+        cx, cy = rng.uniform(margin, size - margin), rng.uniform(margin, size - margin)
         m = _shape_mask(SCENE_CLASSES[kind_idx], size, cx, cy, r, rng.uniform(0, 2 * math.pi))
         if m.sum() < min_area:
             continue

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -30,6 +31,7 @@ from .dense_common import (DenseModelConfig, DenseTask, build_backbone, check_cl
 COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_small", "mar_medium",
              "mar_large")
 HEADS = ("faster", "mask")
+TARGET_KEYS = ("boxes", "labels", "iscrowd", "masks", "area")  # what MeanAveragePrecision reads
 
 
 @dataclass
@@ -141,6 +143,30 @@ def voc07_map(preds: Sequence[Dict[str, Tensor]], targets: Sequence[Dict[str, Te
     return mean, per_class
 
 
+def detection_report(preds: Sequence[Dict[str, Tensor]], targets: Sequence[Dict[str, Tensor]], num_classes: int,
+                     masks: bool = False) -> Dict[str, Any]:
+    """metrics.json of detection: COCO AP family for boxes (and masks) by torchmetrics' MeanAveragePrecision
+    with the pycocotools backend, plus :func:`voc07_map`. ``preds``: boxes, scores, labels (masks: bool
+    (N, H, W)); ``targets``: boxes, labels, iscrowd, difficult (masks), and ``area`` where the data gives
+    it (COCO's annotation area decides small/medium/large; without it the box or mask area does)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    iou_types = ["bbox", "segm"] if masks else ["bbox"]
+    # pycocotools' own float64 thresholds (torchmetrics' defaults are float32 linspaces, which shift matches
+    # at the boundaries and make AP differ from COCOeval in the third decimal)
+    metric = MeanAveragePrecision(iou_type=iou_types, backend="pycocotools",
+                                  iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
+                                  rec_thresholds=np.linspace(0.0, 1.0, 101).tolist())
+    metric.update(list(preds), [{k: v for k, v in t.items() if k in TARGET_KEYS} for t in targets])
+    res = metric.compute()
+    report: Dict[str, Any] = {}
+    for iou in iou_types:
+        prefix = f"{iou}_" if len(iou_types) > 1 else ""
+        report[iou] = {k: float(res[prefix + k]) for k in COCO_KEYS}
+    report["voc07_map50"] = voc07_map(preds, targets, num_classes)[0]
+    return report
+
+
 # ---- the task --------------------------------------------------------------------------------------------
 class DetectionTask(DenseTask):
     """Faster/Mask R-CNN training on COCO json (``data_format`` coco) or VOC xml folders."""
@@ -191,10 +217,6 @@ class DetectionTask(DenseTask):
 
     def compute_report(self, model: nn.Module, loader: Any, ctx: Any) -> Dict[str, Any]:
         """``{"bbox": {...}, "segm": {...} (Mask R-CNN), "voc07_map50"}``."""
-        from torchmetrics.detection import MeanAveragePrecision
-
-        iou_types = ["bbox", "segm"] if self.masks else ["bbox"]
-        metric = MeanAveragePrecision(iou_type=iou_types, backend="pycocotools")
         all_preds, all_targets = [], []
         for batch in loader:
             images, targets = ctx.to_device(batch)
@@ -202,20 +224,13 @@ class DetectionTask(DenseTask):
             for out, t in zip(outputs, targets):
                 p = {k: out[k].detach().cpu() for k in ("boxes", "scores", "labels")}
                 g = {"boxes": t["boxes"].as_subclass(Tensor).cpu(), "labels": t["labels"].cpu(),
-                     "iscrowd": t["iscrowd"].cpu(), "difficult": t["difficult"].cpu()}
+                     "iscrowd": t["iscrowd"].cpu(), "difficult": t["difficult"].cpu(), "area": t["area"].cpu()}
                 if self.masks:
                     p["masks"] = out["masks"][:, 0].detach().cpu() > 0.5
                     g["masks"] = t["masks"].as_subclass(Tensor).cpu().bool()
                 all_preds.append(p)
                 all_targets.append(g)
-        metric.update(all_preds, [{k: v for k, v in g.items() if k != "difficult"} for g in all_targets])
-        res = metric.compute()
-        report: Dict[str, Any] = {}
-        for iou in iou_types:
-            prefix = f"{iou}_" if len(iou_types) > 1 else ""
-            report[iou] = {k: float(res[prefix + k]) for k in COCO_KEYS}
-        report["voc07_map50"] = voc07_map(all_preds, all_targets, len(self.classes) + 1)[0]
-        return report
+        return detection_report(all_preds, all_targets, len(self.classes) + 1, self.masks)
 
     def predict_images(self, model: nn.Module, images: List[Tuple[Path, Tensor]], out_dir: Path) -> List[Path]:
         """``<stem>_det.png``: boxes with class and score (masks filled with Mask R-CNN)."""
