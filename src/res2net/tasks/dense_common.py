@@ -50,17 +50,44 @@ class DenseDataConfig:
     steps: int = 0  # > 0: one epoch of exactly this many optimizer steps (the train set is cycled)
 
 
+@dataclass
+class DenseOptimConfig(OptimConfig):
+    """The engine's optimizer section with dense-task defaults: AdamW 1e-3 at batch 8."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    lr_batch: int = 8
+    batch_size: int = 8
+
+
+@dataclass
+class DenseSchedConfig(SchedConfig):
+    """Cosine decay over the run by default."""
+
+    name: str = "cosine"
+    milestones: List[int] = field(default_factory=list)
+
+
+@dataclass
+class DenseRunConfig(RunConfig):
+    """Short runs: one epoch, fp32 (AMP off: torchvision's detection ops are fp32 on CPU), loading in the main
+    process, a log record every 5 steps."""
+
+    epochs: int = 1
+    amp: str = "off"
+    workers: int = 0
+    log_every: int = 5
+
+
 def dense_config(model_cls: Type[Any]) -> Type[Any]:
     """A top-level config schema with a task's ``model`` section and the shared data/engine sections."""
-
     name = model_cls.__name__.replace("Model", "")
     return dataclasses.make_dataclass(name, [
         ("model", model_cls, field(default_factory=model_cls)),
         ("data", DenseDataConfig, field(default_factory=DenseDataConfig)),
-        ("optim", OptimConfig, field(default_factory=lambda: OptimConfig(
-            name="adamw", lr=1e-3, lr_batch=8, batch_size=8, weight_decay=1e-4))),
-        ("sched", SchedConfig, field(default_factory=lambda: SchedConfig(name="cosine", milestones=[]))),
-        ("run", RunConfig, field(default_factory=lambda: RunConfig(epochs=1, amp="off", workers=0, log_every=5))),
+        ("optim", DenseOptimConfig, field(default_factory=DenseOptimConfig)),
+        ("sched", DenseSchedConfig, field(default_factory=DenseSchedConfig)),
+        ("run", DenseRunConfig, field(default_factory=DenseRunConfig)),
     ])
 
 

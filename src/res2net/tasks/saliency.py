@@ -108,8 +108,8 @@ class SaliencyMeter:
         binary = p >= min(2 * float(p.mean()), 1.0)
         inter = int((binary & gt).sum())
         if inter:
-            pre, rec = torch.tensor(inter / int(binary.sum())), torch.tensor(inter / int(gt.sum()))
-            self.adaptive += float(self._f(pre, rec))
+            pre, rec = inter / int(binary.sum()), inter / int(gt.sum())
+            self.adaptive += (1 + BETA2) * pre * rec / (BETA2 * pre + rec)
         q = (p * 255).to(torch.uint8).long()
         fg = torch.bincount(q[gt], minlength=256).flip(0).cumsum(0).double()
         bg = torch.bincount(q[~gt], minlength=256).flip(0).cumsum(0).double()

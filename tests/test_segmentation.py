@@ -1,0 +1,69 @@
+"""Segmentation: DeepLab v3+ structure, metrics against a hand-worked confusion matrix and torchmetrics, and
+`res2net segment train|eval|predict` end to end on generated scenes."""
+
+import json
+
+import pytest
+import torch
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from res2net.cli import main
+from res2net.tasks.segmentation import DeepLabV3Plus, SegmentationModelConfig, segmentation_report
+
+
+def test_report_hand_worked():
+    # rows = ground truth, columns = prediction; class 2 never occurs in either
+    cm = torch.tensor([[5, 1, 0], [2, 2, 0], [0, 0, 0]])
+    r = segmentation_report(cm, ["bg", "a", "b"])
+    assert r["per_class_iou"] == {"bg": pytest.approx(5 / 8), "a": pytest.approx(2 / 5), "b": None}
+    assert r["miou"] == pytest.approx((5 / 8 + 2 / 5) / 2)
+    assert r["pixel_acc"] == pytest.approx(7 / 10)
+
+
+def test_report_matches_torchmetrics():
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (3, 20, 20), generator=g)
+    target[:, :2] = 255
+    pred = torch.where(torch.rand(3, 20, 20, generator=g) < 0.6, target.clamp(max=3),
+                       torch.randint(0, 4, (3, 20, 20), generator=g))
+    cm = MulticlassConfusionMatrix(4, ignore_index=255)(pred, target)
+    r = segmentation_report(cm, list("abcd"))
+    iou = MulticlassJaccardIndex(4, average=None, ignore_index=255)(pred, target)
+    acc = MulticlassAccuracy(4, average="micro", ignore_index=255)(pred, target)
+    assert [r["per_class_iou"][c] for c in "abcd"] == pytest.approx(iou.tolist())
+    assert r["miou"] == pytest.approx(float(iou.mean()))
+    assert r["pixel_acc"] == pytest.approx(float(acc))
+
+
+def test_deeplab_structure():
+    model = DeepLabV3Plus(SegmentationModelConfig(name="res2net50_26w_4s"), num_classes=5).eval()
+    rates = [m[0].dilation[0] for m in model.aspp.convs[1:4]]
+    assert rates == [6, 12, 18]
+    assert model.project[0].out_channels == 48
+    assert [f["reduction"] for f in model.backbone.feature_info] == [4, 16]  # stride-4 low level, OS 16
+    x = torch.rand(1, 3, 64, 64)
+    low, high = model.backbone(model.normalize(x))
+    assert low.shape[-1] == 16 and high.shape[-1] == 4
+    assert model(x).shape == (1, 5, 64, 64)
+
+
+@pytest.mark.slow
+def test_segment_cli_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    args = ["segment", "train", "--model", "resnet50", "--data", "synthetic", "--steps", "1", "--batch-size", "2",
+            "--image-size", "64", "--quiet", "--out", str(out), "--set", "data.synthetic_train=4",
+            "--set", "data.synthetic_val=2", "--trainable-layers", "3"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"miou", "pixel_acc", "per_class_iou"}
+    assert list(metrics["per_class_iou"]) == ["background", "disc", "square", "triangle", "ring"]
+    # resuming a finished run trains nothing and re-evaluates the final weights
+    (out / "metrics.json").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["miou"] == pytest.approx(metrics["miou"], abs=1e-4)
+    assert main(["segment", "eval", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "ev")]) == 0
+    assert main(["segment", "predict", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "pred"),
+                 "--input", str(out / "data" / "voc" / "JPEGImages" / "val_00000.jpg")]) == 0
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.png")) == ["val_00000_mask.png", "val_00000_seg.png"]
