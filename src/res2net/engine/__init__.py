@@ -49,11 +49,12 @@ from .checkpoint import load_checkpoint, load_latest, model_state, save_atomic
 from .config import OptimConfig, RunConfig, SchedConfig, load_config, to_dict
 from .distributed import DistInfo, init_distributed, select_amp, select_device
 from .sampler import ResumableBatchSampler
-from .trainer import Context, FitResult, Task, Trainer, TrainingDiverged, fit, seed_everything
+from .trainer import (Context, FitResult, Task, Trainer, TrainingDiverged, build_loader, fit,
+                      seed_everything)
 
 __all__ = [
     "Context", "DistInfo", "FitResult", "OptimConfig", "ResumableBatchSampler", "RunConfig", "SchedConfig",
-    "Task", "Trainer", "TrainingDiverged", "add_engine_args", "engine_values", "fit", "init_distributed",
-    "load_checkpoint", "load_config", "load_latest", "model_state", "save_atomic", "seed_everything",
+    "Task", "Trainer", "TrainingDiverged", "add_engine_args", "build_loader", "engine_values", "fit",
+    "init_distributed", "load_checkpoint", "load_config", "load_latest", "model_state", "save_atomic", "seed_everything",
     "select_amp", "select_device", "to_dict",
 ]

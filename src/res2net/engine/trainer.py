@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
@@ -168,6 +169,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: SchedConfig, steps_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(sched, steps_per_epoch, total))
 
 
+def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, workers: int = 0, collate_fn: Optional[Callable[[Any], Any]] = None,
+                 device: Optional[torch.device] = None) -> Tuple[DataLoader, ResumableBatchSampler]:
+    """A DataLoader over ``dataset`` driven by a :class:`ResumableBatchSampler` (shuffled and dropping the
+    last partial batch when ``train``; in order and complete otherwise). Its own generator keeps worker seeding
+    off torch's global RNG."""
+    sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle=train, seed=seed,  # type: ignore[arg-type]
+                                    rank=rank, world_size=world_size, drop_last=train)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                        pin_memory=device is not None and device.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
+
+
 class JsonlLogger:
     """Appends one JSON record per line to ``<out>/log.jsonl`` (rank 0 only); optional TensorBoard."""
 
@@ -264,13 +279,9 @@ class Trainer:
     # ---- pieces --------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, train: bool) -> Tuple[DataLoader, ResumableBatchSampler]:
         rank, world = (self.dist.rank, self.dist.world_size) if train else (0, 1)
-        sampler = ResumableBatchSampler(len(dataset), self.optim.batch_size, shuffle=train, seed=self.run.seed,  # type: ignore[arg-type]
-                                        rank=rank, world_size=world, drop_last=train)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.run.workers,
-                            collate_fn=self.task.collate_fn, pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(self.run.seed),
-                            persistent_workers=False)
-        return loader, sampler
+        return build_loader(dataset, self.optim.batch_size, train=train, seed=self.run.seed, rank=rank,
+                            world_size=world, workers=self.run.workers, collate_fn=self.task.collate_fn,
+                            device=self.device)
 
     def evaluate(self) -> Dict[str, float]:
         """Run the task's evaluation on rank 0 (other ranks wait); returns {} elsewhere."""
@@ -401,9 +412,9 @@ class Trainer:
                       **metrics}
             self.history.append(record)
             logger.log("epoch", self.ctx.global_step, **record)
-            if show:
+            if self.dist.is_main:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                    for k, v in record.items()))
+                                    for k, v in record.items()), file=sys.stderr)
             better = self._is_better(metrics)
             if better:
                 self.best = metrics[task.primary_metric]

@@ -1,0 +1,76 @@
+"""In-memory image sets (uint8 tensors) with batched, on-device augmentation: no per-image PIL work."""
+
+from __future__ import annotations
+
+from typing import Any, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+class TensorImageDataset(Dataset):
+    """Images ``(N, C, H, W)`` uint8 and labels ``(N,)`` int64 held in memory.
+
+    ``__getitems__`` returns a whole batch ``(images, labels)`` at once (torch's DataLoader calls it with
+    the batch's indices), so use :func:`batch_collate` as the loader's ``collate_fn``.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str]) -> None:
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"{images.shape[0]} images but labels of shape {tuple(labels.shape)}")
+        self.images, self.labels, self.classes = images, labels.long(), list(classes)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: List[int]) -> Tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.labels[idx]
+
+    def subset(self, n: int, seed: int = 0) -> "TensorImageDataset":
+        """A class-balanced-in-expectation random subset of ``n`` images (seeded)."""
+        if n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return TensorImageDataset(self.images[idx], self.labels[idx], self.classes)
+
+
+def batch_collate(batch: Any) -> Any:
+    """Collate for data sets that already return whole batches (:class:`TensorImageDataset`)."""
+    return batch
+
+
+def random_crop_flip(images: Tensor, padding: int, flip: bool = True) -> Tensor:
+    """Per-image random crop after zero padding (the CIFAR/ResNet recipe) and horizontal flip, on a batch
+    ``(N, C, H, W)`` in one gather; each image gets its own offsets from torch's global RNG.
+    (torchvision's v2 transforms draw one set of parameters per call, i.e. per batch.)"""
+    n, _, h, w = images.shape
+    if padding > 0:
+        padded = torch.nn.functional.pad(images, (padding,) * 4)
+        dev = images.device
+        oy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=dev)
+        ox = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=dev)
+        rows = (oy + torch.arange(h, device=dev).view(1, h, 1)).expand(n, h, w)
+        cols = (ox + torch.arange(w, device=dev).view(1, 1, w)).expand(n, h, w)
+        batch = torch.arange(n, device=dev).view(n, 1, 1).expand(n, h, w)
+        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mask = torch.rand(n, device=images.device) < 0.5
+        images = torch.where(mask.view(n, 1, 1, 1), images.flip(3), images)
+    return images
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 or [0, 1] float batch -> float32 ``(x - mean) / std`` per channel."""
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s

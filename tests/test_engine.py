@@ -1,0 +1,194 @@
+"""The task-agnostic engine: config, sampler, checkpoints, NaN stop, in-process exact resume."""
+
+from __future__ import annotations
+
+import errno
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset
+
+from res2net.engine import (Context, OptimConfig, ResumableBatchSampler, RunConfig, SchedConfig, Task,
+                            TrainingDiverged, load_checkpoint, load_config, load_latest, save_atomic)
+from res2net.engine.checkpoint import previous_path
+from res2net.engine.config import recipe_names
+from res2net.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class ToyConfig:
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=8, lr=0.05, lr_batch=8))
+    sched: SchedConfig = field(default_factory=lambda: SchedConfig(name="cosine", warmup_epochs=0.5))
+    run: RunConfig = field(default_factory=lambda: RunConfig(epochs=3, workers=0, quiet=True,
+                                                             deterministic=True))
+
+
+class Crash(Exception):
+    """Stands for a process killed in the middle of a step."""
+
+
+class ToyTask(Task):
+    """A tiny conv net on random data with a random augmentation (uses the global RNG) and dropout."""
+
+    name, primary_metric, higher_is_better = "toy", "acc", True
+
+    def __init__(self, nan_at_step: Optional[int] = None, crash_at_step: Optional[int] = None) -> None:
+        self.nan_at_step, self.crash_at_step = nan_at_step, crash_at_step
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Dropout(0.2), nn.Linear(4, 3))
+
+    def build_datasets(self) -> Tuple[Dataset, Optional[Dataset]]:
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(48, 1, 8, 8, generator=g), torch.randint(0, 3, (48,), generator=g)
+        return TensorDataset(x, y), TensorDataset(x[:16], y[:16])
+
+    def prepare_batch(self, batch: Any, ctx: Context, train: bool) -> Any:
+        x, y = ctx.to_device(batch)
+        if train:
+            x = x + 0.1 * torch.randn_like(x)
+        return x, y
+
+    def training_step(self, model: nn.Module, batch: Any, ctx: Context) -> Tuple[Tensor, Dict[str, float]]:
+        x, y = batch
+        if ctx.global_step + 1 == self.crash_at_step:
+            raise Crash
+        loss = nn.functional.cross_entropy(model(x), y)
+        if self.nan_at_step is not None and ctx.global_step + 1 >= self.nan_at_step:
+            loss = loss * float("nan")
+        return loss, {}
+
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], ctx: Context) -> Dict[str, float]:
+        right = total = 0
+        for batch in loader:
+            x, y = self.prepare_batch(batch, ctx, train=False)
+            right += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+        return {"acc": right / total}
+
+
+def _fit(out: Path, resume: bool = False, task: Optional[Task] = None, **run: Any):
+    from res2net.engine import Trainer
+
+    cfg = ToyConfig()
+    for k, v in run.items():
+        setattr(cfg.run, k, v)
+    return Trainer(task or ToyTask(), cfg, out, resume=resume).fit()
+
+
+# ---- config ---------------------------------------------------------------------------------------------
+def test_recipes_validate() -> None:
+    from res2net.tasks.classification import ClassificationConfig
+
+    assert {"imagenet", "cifar100", "fashion_mnist"} <= set(recipe_names())
+    for name in recipe_names():
+        load_config(ClassificationConfig, name)
+    imagenet = load_config(ClassificationConfig, "imagenet")
+    assert (imagenet.optim.lr, imagenet.optim.batch_size, imagenet.optim.weight_decay) == (0.1, 256, 1e-4)
+    assert imagenet.sched.milestones == [30, 60, 90] and imagenet.run.epochs == 100
+    cifar = load_config(ClassificationConfig, "cifar100")
+    assert cifar.optim.nesterov and cifar.sched.milestones == [150, 225] and cifar.run.epochs == 300
+
+
+def test_overrides_and_errors(tmp_path: Path) -> None:
+    cfg = load_config(ToyConfig, None, ["optim.lr=0.5", "sched.milestones=[1, 2]", "optim.clip_grad_norm=null",
+                                        "run.epochs=7"], {"run.seed": 3, "run.epochs": 2})
+    assert (cfg.optim.lr, cfg.sched.milestones, cfg.run.seed, cfg.run.epochs) == (0.5, [1, 2], 3, 7)
+    assert load_config(ToyConfig, None, ["optim.lr=1"]).optim.lr == 1.0  # int accepted for a float
+    cases = {"optim.lrr=1": "optim.lr,", "optimx.lr=1": "allowed: optim, sched, run",
+             "optim.lr=fast": "must be float", "run.epochs=2.5": "must be int",
+             "run.deterministic=3": "must be bool", "sched.milestones=5": "list of int", "optim.lr": "KEY=VALUE"}
+    for override, expected in cases.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(ToyConfig, None, [override])
+        message = str(info.value)
+        assert expected in message and "\n" not in message, message
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  momentun: 0.9\n")
+    with pytest.raises(ConfigError, match="optim.momentun"):
+        load_config(ToyConfig, str(bad))
+    with pytest.raises(ConfigError, match="packaged recipes"):
+        load_config(ToyConfig, "no_such_recipe")
+
+
+# ---- sampler ----------------------------------------------------------------------------------------------
+def test_sampler_shards_and_resumes() -> None:
+    ranks = [ResumableBatchSampler(12, 3, seed=1, rank=r, world_size=2) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(3)
+    seen = [i for s in ranks for b in s for i in b]
+    assert sorted(seen) == list(range(12)) and len(ranks[0]) == 2
+    full = list(ranks[0])
+    ranks[0].set_epoch(3, start_batch=1)
+    assert list(ranks[0]) == full[1:]
+    ranks[0].set_epoch(4)
+    assert list(ranks[0]) != full
+    state = torch.get_rng_state()
+    list(ranks[0])
+    assert torch.equal(state, torch.get_rng_state())  # the sampler never touches the global RNG
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------
+def test_atomic_checkpoint_and_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_atomic({"model": {"w": torch.zeros(2)}, "n": 1}, path)
+    save_atomic({"model": {"w": torch.ones(2)}, "n": 2}, path)
+    assert load_checkpoint(path)["n"] == 2 and load_checkpoint(previous_path(path))["n"] == 1
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match="last.pt is unreadable"):
+        assert load_latest(path)["n"] == 1
+    with pytest.raises(CheckpointError, match="last.pt"):
+        load_checkpoint(path)
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    good = tmp_path / "good.pt"
+    save_atomic({"n": 3}, good)
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="No space left.*previous checkpoint is kept"):
+        save_atomic({"n": 4}, good)
+    assert load_checkpoint(good)["n"] == 3
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_checkpoint_is_weights_only_and_complete(tmp_path: Path) -> None:
+    result = _fit(tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step", "rng",
+                "sampler", "config", "history"):
+        assert key in state
+    assert state["epoch"] == 3 and state["step_in_epoch"] == 0 and len(result.history) == 3
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "log.jsonl").is_file()
+    with pytest.raises(Exception, match="--resume"):
+        _fit(tmp_path / "run")
+
+
+def test_resume_mid_epoch_is_exact(tmp_path: Path) -> None:
+    reference = _fit(tmp_path / "ref").model.state_dict()
+    with pytest.raises(Crash):  # 6 steps/epoch: checkpoints at steps 4 (mid-epoch), 6, 8, 12; dies in step 11
+        _fit(tmp_path / "cut", checkpoint_every=4, task=ToyTask(crash_at_step=11))
+    state = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 2, 8)
+    resumed = _fit(tmp_path / "cut", resume=True).model.state_dict()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 2"):
+        _fit(tmp_path / "nan", task=ToyTask(nan_at_step=9))  # 6 steps/epoch
+    state = load_checkpoint(tmp_path / "nan" / "last.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values()
+                                       if v.is_floating_point())
+
+
+def test_lr_linear_scaling_rule() -> None:
+    from res2net.engine.trainer import scaled_lr
+
+    assert math.isclose(scaled_lr(OptimConfig(lr=0.1, lr_batch=256), 512), 0.2)
