@@ -300,10 +300,12 @@ def cmd_train(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Names
         raise ConfigError("--steps runs one epoch of that many steps; do not combine it with --epochs")
     out = Path(args.out or "runs/" + task_cls.name)
     task = task_cls(cfg, out)
-    result = Trainer(task, cfg, out, resume=args.resume).fit()
+    trainer = Trainer(task, cfg, out, resume=args.resume)
+    result = trainer.fit()
+    if not trainer.dist.is_main:  # under torchrun only rank 0 evaluates and writes
+        return 0
     if not task.report:  # resumed after the last epoch: evaluate the final weights
-        task.build_datasets()
-        run_eval(task, result.model, cfg, torch.device("cpu") if not torch.cuda.is_available() else None)
+        run_eval(task, result.model, cfg, next(result.model.parameters()).device)
     path = task.write_reports(out)
     print(json.dumps(task.report))
     print(f"wrote {path}")
@@ -328,6 +330,7 @@ def load_trained(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Na
         if value is not None:
             section, name = key.split(".")
             setattr(getattr(cfg, section), name, value)
+    cfg.model.pretrained = ""  # the checkpoint holds every weight; fetch no backbone file
     out = Path(args.out or ckpt.parent)
     task = task_cls(cfg, out)
     model = task.build_model()
