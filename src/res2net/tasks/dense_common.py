@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..data.dense import IMAGE_EXTS, load_rgb
 from ..data.scenes import generate_scenes
-from ..engine.config import OptimConfig, RunConfig, SchedConfig, load_config
+from ..engine import OptimConfig, RunConfig, SchedConfig, Task, load_config
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import create_model, get_spec
 
@@ -150,13 +150,7 @@ class Repeat(Dataset):
         return self.dataset[idx % len(self.dataset)]  # type: ignore[arg-type]
 
 
-def _engine_task_base() -> type:
-    from ..engine.trainer import Task
-
-    return Task
-
-
-class DenseTask(_engine_task_base()):  # type: ignore[misc]
+class DenseTask(Task):
     """Engine Task base of the three dense tasks. Subclasses set ``name``, ``data_format`` (the generated
     layout they read) and implement ``build_model``, ``make_datasets``, ``training_step``, ``compute_report``
     (the nested metrics.json) and ``predict_images``; ``evaluate`` flattens the report for the engine."""
@@ -276,7 +270,7 @@ TaskFactory = Callable[[Any, Path], DenseTask]
 
 def build_config(schema: Type[Any], args: argparse.Namespace, extra: Dict[str, Any]) -> Any:
     """Schema defaults <- ``--config`` recipe <- flags <- ``--set``."""
-    from ..engine.args import engine_values
+    from ..engine import engine_values
 
     values = engine_values(args)
     values.update({"model.name": args.model, "data.root": args.data_dir, "data.steps": args.steps,
@@ -293,7 +287,7 @@ def build_config(schema: Type[Any], args: argparse.Namespace, extra: Dict[str, A
 def cmd_train(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Namespace,
               extra: Dict[str, Any]) -> int:
     """``train``: fit on the engine, then write the final evaluation as metrics.json."""
-    from ..engine.trainer import Trainer
+    from ..engine import Trainer
 
     cfg = build_config(schema, args, extra)
     if args.steps is not None and args.epochs is not None and args.epochs != 1:
@@ -315,7 +309,7 @@ def cmd_train(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Names
 def load_trained(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Namespace,
                  extra: Dict[str, Any]) -> Tuple[DenseTask, nn.Module, Any]:
     """Rebuild a trained model from ``--checkpoint`` (its saved config; data flags may replace the data)."""
-    from ..engine.checkpoint import load_checkpoint, model_state
+    from ..engine import load_checkpoint, model_state
     from ..engine.config import from_dict
 
     ckpt = Path(args.checkpoint)
@@ -344,17 +338,14 @@ def load_trained(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Na
 
 def run_eval(task: DenseTask, model: nn.Module, cfg: Any, device: Optional[torch.device] = None) -> Dict[str, Any]:
     """Evaluate ``model`` on the validation split with the engine's Context (no training)."""
-    from torch.utils.data import DataLoader
-
-    from ..engine.distributed import DistInfo, select_device
-    from ..engine.trainer import Context
+    from ..engine import Context, DistInfo, build_loader, select_device
 
     device = device or select_device(cfg.run.device, 0)
     ctx = Context(device=device, amp_dtype=None, channels_last=False, dist=DistInfo(), out_dir=task.out_dir)
     val_set = task.make_datasets(task.data_root(), train=False)
     task.record_skips(val=val_set)
-    loader = DataLoader(val_set, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.run.workers,
-                        collate_fn=task.collate_fn)
+    loader, _ = build_loader(val_set, cfg.optim.batch_size, train=False, workers=cfg.run.workers,
+                             collate_fn=task.collate_fn, device=device)
     model = model.to(device).eval()
     with torch.no_grad():
         task.evaluate(model, loader, ctx)
@@ -392,7 +383,7 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str, default_model: s
     g.add_argument("--data-dir", metavar="DIR", help="data folder in a supported layout (see docs/DENSE.md)")
     g.add_argument("--data", choices=["synthetic"], help="generate scenes into <out>/data instead")
     if kind == "train":
-        from ..engine.args import add_engine_args
+        from ..engine import add_engine_args
 
         parser.add_argument("--model", help=f"backbone: any zoo model (default {default_model})")
         parser.add_argument("--pretrained", help="'official' or a checkpoint path/URL for the backbone")
