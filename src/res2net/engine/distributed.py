@@ -93,3 +93,10 @@ def cleanup(info: DistInfo) -> None:
     """Leave the process group."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank, so all ranks hold one model."""
+    if info.enabled and dist.is_initialized():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)

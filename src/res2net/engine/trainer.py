@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import Res2NetError
 from .checkpoint import load_latest, rng_state, save_atomic, set_rng_state
 from .config import OptimConfig, RunConfig, SchedConfig, to_dict
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, select_amp, select_device
+from .distributed import (DistInfo, all_reduce_mean, barrier, broadcast_buffers, init_distributed, select_amp,
+                          select_device)
 from .sampler import ResumableBatchSampler
 
 
@@ -160,10 +161,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: SchedConfig, steps_
     """A per-step scheduler: torch's OneCycleLR for ``onecycle``, a LambdaLR of :func:`lr_factor` otherwise
     (its state_dict holds no code, so checkpoints stay ``weights_only``-loadable)."""
     total = steps_per_epoch * epochs
-    if sched.name == "onecycle":
+    if sched.name == "onecycle" and total >= 4:
         max_lr = [g["lr"] for g in optimizer.param_groups]
+        pct_start = min(max(sched.pct_start, 2.0 / total), 0.5)  # each phase needs >= 1 step in tiny runs
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total,
-                                                   pct_start=sched.pct_start)
+                                                   pct_start=pct_start)
+    if sched.name == "onecycle":  # fewer than 4 steps: nothing to anneal
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(sched, steps_per_epoch, total))
     if sched.name not in ("multistep", "cosine", "constant"):
         raise Res2NetError(f"sched.name must be multistep, onecycle, cosine or constant, got {sched.name!r}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(sched, steps_per_epoch, total))
@@ -404,6 +408,7 @@ class Trainer:
                     self.save(epoch, i + 1)
                     t_last = time.perf_counter()
             bar.close()
+            broadcast_buffers(self.raw_model, self.dist)  # BN statistics of the last steps differ per rank
             epoch_seconds = time.perf_counter() - t_epoch
             last = epoch + 1 == run.epochs
             metrics = self.evaluate() if (last or (epoch + 1) % max(1, run.eval_every) == 0) else {}

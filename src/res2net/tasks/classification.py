@@ -340,10 +340,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data_values = dict(saved.get("data", {}))
     for key in ("train_subset", "test_subset"):
         data_values.pop(key, None)
-    cfg = load_config(ClassificationConfig, None, args.overrides, {
-        **{f"data.{k}": v for k, v in data_values.items()},
-        "data.dataset": args.dataset, "data.data_dir": args.data_dir, "data.test_subset": args.test_subset,
-        "optim.batch_size": args.batch_size, "run.device": args.device, "run.workers": args.workers})
+    values = {f"data.{k}": v for k, v in data_values.items()}
+    flags = {"data.dataset": args.dataset, "data.data_dir": args.data_dir, "data.test_subset": args.test_subset,
+             "optim.batch_size": args.batch_size, "run.device": args.device, "run.workers": args.workers}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    cfg = load_config(ClassificationConfig, None, args.overrides, values)
     data = load_data(cfg.data, args.model, cfg.run.seed)
     task = ClassificationTask(args.model, cfg, data)
     model = task.build_model()

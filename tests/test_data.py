@@ -1,0 +1,151 @@
+"""Data readers: Fashion-MNIST verification, image folders with bad files, CIFAR-100 pickles, augmentation."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from res2net.data import (TensorImageDataset, classification_transforms, image_folder_split, load_cifar100,
+                          load_fashion_mnist, open_image, random_crop_flip, skip_collate)
+from res2net.data import fashion_mnist as fm
+from res2net.errors import DataError
+
+HAVE_FMNIST = all((fm.DEFAULT_DIR / n).is_file() for n in fm.GZ_MD5)
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_counts_and_checksums() -> None:
+    sets = load_fashion_mnist(download=False)
+    assert len(sets["train"]) == 60000 and len(sets["test"]) == 10000
+    assert sets["train"].images.shape[1:] == (1, 28, 28) and sets["train"].images.dtype == torch.uint8
+    assert torch.equal(sets["test"].labels.bincount(), torch.full((10,), 1000))
+    assert sets["train"].classes[9] == "Ankle boot"
+
+
+def _fake_fmnist(folder: Path) -> None:
+    """Four well-formed but wrong (tiny) IDX files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in fm.GZ_MD5:
+        header = b"\x00\x00\x08\x03" + b"".join(n.to_bytes(4, "big") for n in (2, 28, 28)) if "images" in name \
+            else b"\x00\x00\x08\x01" + (2).to_bytes(4, "big")
+        body = bytes(2 * 28 * 28) if "images" in name else bytes(2)
+        (folder / name).write_bytes(gzip.compress(header + body))
+
+
+def test_fashion_mnist_missing_file_is_named(tmp_path: Path) -> None:
+    _fake_fmnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is missing.*apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(str(tmp_path), download=False)
+
+
+def test_fashion_mnist_bad_checksum_and_counts(tmp_path: Path) -> None:
+    _fake_fmnist(tmp_path)
+    with pytest.raises(DataError, match="md5"):
+        load_fashion_mnist(str(tmp_path), download=False)
+    with pytest.raises(DataError, match="expected 60000"):
+        load_fashion_mnist(str(tmp_path), download=False, verify=False)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is not a valid .gz"):
+        load_fashion_mnist(str(tmp_path), download=False)
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_truncated_copy(tmp_path: Path) -> None:
+    for name in fm.GZ_MD5:
+        shutil.copy(fm.DEFAULT_DIR / name, tmp_path / name)
+    raw = gzip.decompress((tmp_path / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw[:-10]))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz fails its md5"):
+        load_fashion_mnist(str(tmp_path), download=False)
+
+
+def test_random_crop_flip() -> None:
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.uint8).view(2, 3, 5, 5)
+    assert torch.equal(random_crop_flip(x, 0, flip=False), x)
+    torch.manual_seed(0)
+    out = random_crop_flip(x, 2, flip=True)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):  # each output is one window of its own padded image, maybe mirrored
+        windows = [padded[i, :, a:a + 5, b:b + 5] for a in range(5) for b in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+
+
+def test_tensor_dataset_batches() -> None:
+    ds = TensorImageDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10), ["a"] * 10)
+    x, y = ds.__getitems__([3, 1])
+    assert x.shape == (2, 1, 4, 4) and y.tolist() == [3, 1]
+    assert len(ds.subset(4, seed=1)) == 4
+
+
+def _write_images(root: Path) -> None:
+    """Class folders with every colour mode plus three bad files."""
+    for cls in ("cat", "dog"):
+        (root / "train" / cls).mkdir(parents=True)
+        (root / "val" / cls).mkdir(parents=True)
+    Image.new("L", (20, 16), 128).save(root / "train" / "cat" / "grey.png")
+    Image.new("CMYK", (20, 16), (0, 128, 0, 0)).save(root / "train" / "cat" / "cmyk.jpg")
+    Image.new("RGBA", (20, 16), (255, 0, 0, 100)).save(root / "train" / "dog" / "rgba.png")
+    pal = Image.new("P", (20, 16), 3)
+    pal.info["transparency"] = 3
+    pal.save(root / "train" / "dog" / "palette.png")
+    Image.new("RGB", (20, 16), (0, 0, 255)).save(root / "val" / "dog" / "rgb.jpg")
+    Image.new("RGB", (20, 16), (0, 255, 0)).save(root / "val" / "cat" / "rgb.png")
+    (root / "train" / "dog" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "dog" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+
+
+def test_open_image_converts_modes(tmp_path: Path) -> None:
+    _write_images(tmp_path)
+    for name in ("cat/grey.png", "cat/cmyk.jpg", "dog/rgba.png", "dog/palette.png"):
+        img = open_image(str(tmp_path / "train" / name))
+        assert img.mode == "RGB" and img.size == (20, 16)
+    assert open_image(str(tmp_path / "train" / "cat" / "cmyk.jpg"), channels=1).mode == "L"
+
+
+def test_image_folder_skips_bad_files(tmp_path: Path) -> None:
+    _write_images(tmp_path)
+    tf = classification_transforms(True, 8, 1.0, (0.5,) * 3, (0.25,) * 3)
+    ds = image_folder_split(tmp_path, "train", tf)
+    assert ds.classes == ["cat", "dog"]
+    assert sorted(Path(p).name for p, _ in ds.bad_files) == ["empty.jpg", "notes.txt"]
+    images, labels, bad = skip_collate([ds[i] for i in range(len(ds))])
+    assert images.shape == (4, 3, 8, 8) and len(labels) == 4
+    assert [Path(p).name for p, _ in bad] == ["corrupt.jpg"]
+
+
+def test_flat_val_folder_with_label_file(tmp_path: Path) -> None:
+    _write_images(tmp_path)
+    flat = tmp_path / "flatval"
+    flat.mkdir()
+    Image.new("RGB", (20, 16)).save(flat / "a.jpg")
+    Image.new("RGB", (20, 16)).save(flat / "b.jpg")
+    (tmp_path / "flatval_labels.txt").write_text("a.jpg dog\nb.jpg 0\nmissing.jpg cat\n")
+    tf = classification_transforms(False, 8, 0.875, (0.5,) * 3, (0.25,) * 3)
+    ds = image_folder_split(tmp_path, "flatval", tf, classes=["cat", "dog"])
+    assert [label for _, label in ds.samples] == [1, 0] and ds[0][0].shape == (3, 8, 8)
+    assert [Path(p).name for p, _ in ds.bad_files] == ["missing.jpg"]
+
+
+def test_cifar100_pickles(tmp_path: Path) -> None:
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    for split, n in (("train", 6), ("test", 4)):
+        with open(root / split, "wb") as f:
+            pickle.dump({"data": torch.randint(0, 255, (n, 3072), dtype=torch.uint8).numpy(),
+                         "fine_labels": list(range(n)), "coarse_labels": [0] * n}, f)
+    with open(root / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
+    sets = load_cifar100(str(tmp_path))
+    assert sets["train"].images.shape == (6, 3, 32, 32) and sets["test"].labels.tolist() == [0, 1, 2, 3]
+    assert sets["train"].classes[5] == "c5"
+    with pytest.raises(DataError, match="cifar-100-python"):
+        load_cifar100(str(tmp_path / "nowhere"))

@@ -1,0 +1,157 @@
+"""``res2net train`` / ``res2net eval`` end to end: report files, eval, bad files, config errors, SIGKILL
+resume exactness and 2-process DDP (CPU, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+
+from res2net.cli import main
+from res2net.data import fashion_mnist as fm
+from res2net.models import get_spec
+
+HAVE_FMNIST = all((fm.DEFAULT_DIR / n).is_file() for n in fm.GZ_MD5)
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
+RES2NET_BIN = str(Path(sys.executable).with_name("res2net"))
+MODEL = "res2net20_cifar"  # a small registered Res2Net (28-32 px images)
+TINY = ["--train-subset", "128", "--set", "data.test_subset=64", "--batch-size", "32", "--quiet"]
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_fmnist
+def test_train_writes_report_and_eval_reads_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    baseline = get_spec(MODEL).baseline
+    assert main(["train", "--set", f"model.names=[{MODEL}, {baseline}]", "--epochs", "1", "--out", str(out),
+                 *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    types = {"test_top1": float, "test_top5": float, "params": int, "macs": int, "train_seconds": float,
+             "images_per_second": float, "skipped_images": int, "epochs": int}
+    assert set(metrics["models"]) == {MODEL, baseline}
+    for entry in metrics["models"].values():
+        for key, tp in types.items():
+            assert isinstance(entry[key], tp), key
+        assert 0.0 <= entry["test_top1"] <= entry["test_top5"] <= 1.0 and entry["skipped_images"] == 0
+    for name in ("report.md", "curves.png", "confusion.png"):
+        assert (out / name).stat().st_size > 0
+    assert "same-budget baseline" in (out / "report.md").read_text()
+    for name in (MODEL, baseline):
+        state = torch.load(out / name / "last.pt", weights_only=True)
+        assert state["epoch"] == 1 and "optimizer" in state and "rng" in state
+        assert (out / name / "best.pt").is_file()
+        assert [json.loads(line)["type"] for line in (out / name / "log.jsonl").read_text().splitlines()][-1] == "epoch"
+    capsys.readouterr()
+    assert main(["eval", "--model", MODEL, "--checkpoint", str(out / MODEL / "best.pt"), "--test-subset", "64",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 error" in printed and "top-5 error" in printed
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["dataset"] == "fashion-mnist" and result["images"] == 64
+    assert abs(result["top1"] - metrics["models"][MODEL]["test_top1"]) < 1e-6  # same 64 images, same weights
+
+
+def test_config_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
+    cases = {("--set", "optim.lrr=0.1"): "unknown config key 'optim.lrr'; allowed: optim.name, optim.lr",
+             ("--set", "run.epochs=many"): "config key 'run.epochs' must be int, got 'many'",
+             ("--config", "nope"): "unknown config 'nope'",
+             ("--model", "res2net_nope"): "unknown model 'res2net_nope'"}
+    for argv, expected in cases.items():
+        assert main(["train", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_missing_fashion_mnist_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--data-dir", str(tmp_path), "--set", "data.download=false", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz is missing" in err and "apt-get install dataset-fashion-mnist" in err
+
+
+def test_imagefolder_bad_files_are_counted(tmp_path: Path) -> None:
+    from test_data import _write_images
+
+    _write_images(tmp_path / "data")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="skipped image .*corrupt.jpg"):
+        assert main(["train", "--model", MODEL, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+                     "--epochs", "1", "--batch-size", "1", "--workers", "0", "--out", str(out), "--quiet"]) == 0
+    entry = json.loads((out / "metrics.json").read_text())["models"][MODEL]
+    assert entry["skipped_images"] == 3  # empty.jpg, notes.txt (at scan) and corrupt.jpg (at decode)
+
+
+def _train_cmd(out: Path, *extra: str) -> List[str]:
+    return [RES2NET_BIN, "train", "--model", MODEL, "--epochs", "2", "--train-subset", "256", "--set",
+            "data.test_subset=32", "--batch-size", "32", "--deterministic", "--out", str(out), "--quiet", *extra]
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path: Path) -> None:
+    subprocess.run(_train_cmd(tmp_path / "ref"), check=True, capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_train_cmd(cut, "--checkpoint-every", "3"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = cut / MODEL / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(last, weights_only=True)
+    assert state["step_in_epoch"] > 0 and state["epoch"] < 2  # killed in the middle of an epoch
+    subprocess.run(_train_cmd(cut, "--resume"), check=True, capture_output=True)
+    assert _same(_weights(tmp_path / "ref" / MODEL / "last.pt"), _weights(last))
+
+
+DDP_WORKER = textwrap.dedent('''
+    import os, sys
+    from pathlib import Path
+    import torch
+    from res2net.engine import fit, load_config
+    from res2net.tasks.classification import ClassificationConfig, ClassificationTask, load_data
+
+    root, model = Path(sys.argv[1]), sys.argv[2]
+    rank = int(os.environ["RANK"])
+    cfg = load_config(ClassificationConfig, "fashion_mnist", ["data.train_subset=128", "data.test_subset=32",
+                      "optim.batch_size=16", "run.epochs=1", "run.quiet=true", "run.checkpoint_every=2"])
+    task = ClassificationTask(model, cfg, load_data(cfg.data, model, cfg.run.seed))
+    result = fit(task, cfg, root / f"out{rank}")  # only rank 0 may create its folder
+    torch.save(result.model.state_dict(), root / f"weights{rank}.pt")  # the test's own dump
+''')
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(tmp_path / "worker.py"),
+                           str(tmp_path), MODEL], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0 = torch.load(tmp_path / "weights0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "weights1.pt", weights_only=True)
+    assert _same(w0, w1)
+    assert (tmp_path / "out0" / "last.pt").is_file() and not (tmp_path / "out1").exists()
+    state = torch.load(tmp_path / "out0" / "last.pt", weights_only=True)
+    assert state["sampler"]["world_size"] == 2 and state["global_step"] == 4  # 128 / (2 x 16) steps
+    assert _same(state["model"], w0)
