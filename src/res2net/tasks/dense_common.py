@@ -108,12 +108,12 @@ def build_backbone(cfg: DenseModelConfig, out_indices: Sequence[int], output_str
 
     if cfg.norm not in NORMS:
         raise ConfigError(f"model.norm must be one of {NORMS}, got {cfg.norm!r}")
-    spec = get_spec(cfg.name)
-    n_stages = len(spec.arch.get("layers", (0, 0, 0, 0)))
     pretrained: Any = True if cfg.pretrained == "official" else (cfg.pretrained or False)
-    return create_model(cfg.name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices),
-                        output_stride=output_stride, norm_layer=FrozenBatchNorm2d if cfg.norm == "frozen" else None,
-                        frozen_stages=frozen_stages_for(cfg.trainable_layers, n_stages))
+    model = create_model(cfg.name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices),
+                         output_stride=output_stride, norm_layer=FrozenBatchNorm2d if cfg.norm == "frozen" else None)
+    n_stages = len(model.stage_modules())  # 4 for ResNet-style trunks, 5 for DLA (level1..level5)
+    model.configure_backbone(frozen_stages=frozen_stages_for(cfg.trainable_layers, n_stages))
+    return model
 
 
 def check_classes(known: Sequence[str], found: Sequence[str], source: Path) -> List[str]:
