@@ -183,6 +183,10 @@ MODELS: List[ModelSpec] = [
            "Res2Net with ResNet-34's stage layout, small-image stem", baseline="resnet34_small"),
     _small("resnet34_small", (3, 4, 6, 3), (64, 128, 256, 512), 60, 1, 64,
            "same-budget ResNet for res2net34_small"),
+    # the Fashion-MNIST CPU default (docs/TRAINING.md): 16/32/64-wide splits, 1-2-2 blocks, slim 1x1 convs
+    _small("res2net17_slim", (1, 2, 2), (8, 16, 32), 128, 4, 16,
+           "slim Res2Net for 28 px CPU training (16w x 4s splits)", baseline="resnet17_slim"),
+    _small("resnet17_slim", (1, 2, 2), (8, 16, 32), 250, 1, 16, "same-budget ResNet for res2net17_slim"),
 ]
 
 _BY_NAME: Dict[str, ModelSpec] = {}
