@@ -192,3 +192,18 @@ def test_lr_linear_scaling_rule() -> None:
     from res2net.engine.trainer import scaled_lr
 
     assert math.isclose(scaled_lr(OptimConfig(lr=0.1, lr_batch=256), 512), 0.2)
+
+
+def test_ema_smoothing_clipping_and_changed_resume(tmp_path: Path) -> None:
+    from res2net.engine import Trainer
+
+    cfg = ToyConfig()
+    cfg.optim.ema_decay, cfg.optim.label_smoothing, cfg.optim.clip_grad_norm = 0.9, 0.1, 1.0
+    cfg.run.epochs = 1
+    result = Trainer(ToyTask(), cfg, tmp_path / "ema").fit()
+    state = load_checkpoint(tmp_path / "ema" / "last.pt")
+    assert state["ema"] is not None and "acc" in result.metrics
+    assert not all(torch.equal(v, state["model"][k]) for k, v in result.model.state_dict().items())  # EMA copy
+    cfg.run.epochs, cfg.optim.lr = 2, 0.01
+    with pytest.warns(UserWarning, match="changed settings optim.lr, run.epochs"):
+        Trainer(ToyTask(), cfg, tmp_path / "ema", resume=True).fit()

@@ -24,7 +24,7 @@ from res2net.models import get_spec
 HAVE_FMNIST = all((fm.DEFAULT_DIR / n).is_file() for n in fm.GZ_MD5)
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
 RES2NET_BIN = str(Path(sys.executable).with_name("res2net"))
-MODEL = "res2net20_cifar"  # a small registered Res2Net (28-32 px images)
+MODEL = "res2net17_slim"  # the default Res2Net (small, for 28-32 px images)
 TINY = ["--train-subset", "128", "--set", "data.test_subset=64", "--batch-size", "32", "--quiet"]
 
 
@@ -99,7 +99,7 @@ def test_imagefolder_bad_files_are_counted(tmp_path: Path) -> None:
 
 
 def _train_cmd(out: Path, *extra: str) -> List[str]:
-    return [RES2NET_BIN, "train", "--model", MODEL, "--epochs", "2", "--train-subset", "256", "--set",
+    return [RES2NET_BIN, "train", "--model", MODEL, "--epochs", "2", "--train-subset", "128", "--set",
             "data.test_subset=32", "--batch-size", "32", "--deterministic", "--out", str(out), "--quiet", *extra]
 
 

@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ from .config import OptimConfig, RunConfig, SchedConfig, to_dict
 from .distributed import (DistInfo, all_reduce_mean, barrier, broadcast_buffers, init_distributed, select_amp,
                           select_device)
 from .sampler import ResumableBatchSampler
+
+
+# settings whose change on resume makes the continued run differ from an uninterrupted one
+RESUME_SENSITIVE = {"optim": ("name", "lr", "lr_batch", "momentum", "nesterov", "weight_decay", "batch_size",
+                              "label_smoothing", "clip_grad_norm", "ema_decay"),
+                    "sched": ("name", "milestones", "gamma", "warmup_epochs", "pct_start"),
+                    "run": ("epochs", "seed", "amp", "channels_last")}
 
 
 class TrainingDiverged(Res2NetError):
@@ -268,6 +276,12 @@ class Trainer:
         if saved_world != self.dist.world_size:
             raise Res2NetError(f"{self.last_path} was written by {saved_world} process(es); resume with the "
                                f"same number (now {self.dist.world_size})")
+        saved, now = state.get("config", {}), to_dict(self.cfg)
+        changed = [f"{sec}.{k}" for sec, keys in RESUME_SENSITIVE.items() for k in keys
+                   if k in saved.get(sec, {}) and saved[sec][k] != now.get(sec, {}).get(k)]
+        if changed:
+            warnings.warn(f"resuming {self.last_path} with changed settings {', '.join(changed)}: the run will "
+                          "not match an uninterrupted one", stacklevel=2)
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
