@@ -61,7 +61,7 @@ def test_dss_outputs_and_deep_supervision():
 @pytest.mark.slow
 def test_saliency_cli_end_to_end(tmp_path):
     out = tmp_path / "run"
-    assert main(["saliency", "train", "--model", "res2net50_26w_4s", "--data", "synthetic", "--steps", "2",
+    assert main(["saliency", "train", "--model", "res2net50_26w_4s", "--data", "synthetic", "--steps", "1",
                  "--batch-size", "2", "--image-size", "64", "--quiet", "--out", str(out),
                  "--set", "data.synthetic_train=4", "--set", "data.synthetic_val=2",
                  "--set", "model.side_channels=16"]) == 0
