@@ -1,0 +1,130 @@
+"""Run the benchmark suites of issue 6 and write JSON + markdown per suite under benchmarks/results/.
+
+Every suite is one `res2net bench` invocation (one process, interleaved rounds); the targets summary only
+takes ratios from within one suite. Usage:
+
+    .venv/bin/python benchmarks/run_bench.py [--suites main,scales,cifar,train] [--repeats 3] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from res2net.bench import add_arguments, config_from_args, format_markdown, run_bench, write_report
+
+SUITES: Dict[str, List[str]] = {
+    # inference: ours (as created / optimized) vs timm (shipped / channels_last) vs torchvision, fp32 + bf16
+    "main": ["--models", "res2net50_26w_4s", "--batch-sizes", "16", "--dtypes", "fp32,bf16"],
+    # 14w x 8s vs 26w x 4s (same run)
+    "scales": ["--models", "res2net50_26w_4s,res2net50_14w_8s", "--batch-sizes", "16", "--no-peers"],
+    # training step vs timm and torchvision, with grad checkpointing (memory cut)
+    "train": ["--models", "res2net50_26w_4s", "--batch-sizes", "16", "--train-only", "--grad-checkpointing"],
+    # small widths: CIFAR-sized Res2Net vs the same-budget ResNet, training step at batch 128, 32x32
+    "cifar": ["--models", "res2net20_cifar,resnet20_cifar", "--batch-sizes", "128", "--train-only",
+              "--no-peers"],
+}
+
+
+def _find(results: List[Dict[str, Any]], **kw: Any) -> Optional[Dict[str, Any]]:
+    for r in results:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def targets(reports: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The issue's targets, each as 'value (target) met/NOT met', from the suites that ran."""
+    lines: List[str] = []
+
+    def check(text: str, value: Optional[float], ok: Optional[bool]) -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        lines.append(f"- {text}: {value:.2f} -> {'met' if ok else 'NOT met'}")
+
+    if "main" in reports:
+        res = reports["main"]["results"]
+        opt = _find(res, impl="ours-optimized", dtype="fp32", mode="infer")
+        if opt:
+            v = opt["ratios"].get("timm_shipped_fp32")
+            check("fp32 optimized / timm-as-shipped throughput (>= 1.5)", v, v is not None and v >= 1.5)
+            check("fp32 optimized share of the fp32 matmul probe (>= 0.60)", opt["probe_share"],
+                  opt["probe_share"] >= 0.6)
+            v = opt["ratios"].get("torchvision_resnet50")
+            if v:
+                check("fp32 Res2Net-50 time / torchvision resnet50 time, both channels_last (<= 1.0)", 1 / v, 1 / v <= 1.0)
+        opt16 = _find(res, impl="ours-optimized", dtype="bf16", mode="infer")
+        if opt16:
+            v = opt16["ratios"].get("timm_shipped_fp32")
+            if v is None and opt:
+                timm = _find(res, impl="timm", layout="nchw", dtype="fp32", mode="infer")
+                v = opt16["images_per_s"] / timm["images_per_s"] if timm else None
+            check("bf16 optimized / timm-as-shipped fp32 throughput (>= 4)", v, v is not None and v >= 4)
+            check("bf16 optimized share of the bf16 matmul probe (report)", opt16["probe_share"], True)
+            v = opt16["ratios"].get("torchvision_resnet50")
+            if v:
+                check("bf16 Res2Net-50 time / torchvision resnet50 bf16 autocast time (<= 1.0)", 1 / v, 1 / v <= 1.0)
+    if "scales" in reports:
+        res = reports["scales"]["results"]
+        a = _find(res, model="res2net50_26w_4s", impl="ours-optimized", dtype="fp32")
+        b = _find(res, model="res2net50_14w_8s", impl="ours-optimized", dtype="fp32")
+        if a and b:
+            v = b["ms_per_image"] / a["ms_per_image"]
+            check("14w8s / 26w4s time, optimized (<= 1.15)", v, v <= 1.15)
+        a = _find(res, model="res2net50_26w_4s", impl="ours", dtype="fp32")
+        b = _find(res, model="res2net50_14w_8s", impl="ours", dtype="fp32")
+        if a and b:
+            v = b["ms_per_image"] / a["ms_per_image"]
+            check("14w8s / 26w4s time, as created (<= 1.15)", v, v <= 1.15)
+    if "train" in reports:
+        res = reports["train"]["results"]
+        ours = _find(res, impl="ours", mode="train", dtype="fp32")
+        ck = _find(res, impl="ours-ckpt", mode="train", dtype="fp32")
+        if ours:
+            v = ours["ratios"].get("timm_channels_last")
+            check("training images/s / timm's (>= 1.25)", v, v is not None and v >= 1.25)
+            v = ours["ratios"].get("timm_channels_last_memory")
+            check("training peak memory / timm's (<= 1.0)", v, v is not None and v <= 1.0)
+        if ours and ck:
+            v = 1 - ck["peak_mem_mb"] / ours["peak_mem_mb"]
+            check("grad checkpointing peak-memory cut (>= 0.40)", v, v >= 0.4)
+    if "cifar" in reports:
+        res = reports["cifar"]["results"]
+        a = _find(res, model="res2net20_cifar", impl="ours", mode="train")
+        b = _find(res, model="resnet20_cifar", impl="ours", mode="train")
+        if a and b:
+            v = a["ms_per_image"] / b["ms_per_image"]
+            check("res2net20_cifar / resnet20_cifar training step time, batch 128 (<= 1.3)", v, v <= 1.3)
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suites", default="main,scales,train,cifar", help=f"comma-separated from {list(SUITES)}")
+    p.add_argument("--repeats", default="3")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args(argv)
+    reports: Dict[str, Dict[str, Any]] = {}
+    for suite in [s for s in args.suites.split(",") if s]:
+        if suite not in SUITES:
+            p.error(f"--suites: unknown suite {suite!r}; choose from {list(SUITES)}")
+        bench_parser = argparse.ArgumentParser()
+        add_arguments(bench_parser)
+        bench_args = bench_parser.parse_args(SUITES[suite] + ["--repeats", args.repeats])
+        print(f"== {suite}: res2net bench {' '.join(SUITES[suite])} --repeats {args.repeats}", flush=True)
+        reports[suite] = run_bench(config_from_args(bench_args), log=lambda s: print(s, flush=True))
+        reports[suite]["command"] = "res2net bench " + " ".join(SUITES[suite]) + f" --repeats {args.repeats}"
+        write_report(reports[suite], args.out, stem=suite)
+        print(format_markdown(reports[suite]), flush=True)
+    summary = targets(reports)
+    (args.out / "targets.md").write_text("\n".join(summary) + "\n")
+    print("\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
