@@ -187,6 +187,9 @@ MODELS: List[ModelSpec] = [
     _small("res2net17_slim", (1, 2, 2), (8, 16, 32), 128, 4, 16,
            "slim Res2Net for 28 px CPU training (16w x 4s splits)", baseline="resnet17_slim"),
     _small("resnet17_slim", (1, 2, 2), (8, 16, 32), 250, 1, 16, "same-budget ResNet for res2net17_slim"),
+    _small("res2net17_cifar", (1, 2, 2), (16, 32, 64), 64, 4, 16,
+           "Res2Net with 1-2-2 blocks and CIFAR widths (16w x 4s splits)", baseline="resnet17_cifar"),
+    _small("resnet17_cifar", (1, 2, 2), (16, 32, 64), 136, 1, 16, "same-budget ResNet for res2net17_cifar"),
 ]
 
 _BY_NAME: Dict[str, ModelSpec] = {}
