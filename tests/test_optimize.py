@@ -1,0 +1,124 @@
+"""res2net.optimize: same function as the eager model (fp32 tight, bf16 loose), every trunk kind; bench smoke."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import res2net
+from res2net.optimize import FusedRes2NetBlock, OptimizedModel, bf16_supported, optimize
+
+
+def _perturbed(name: str, **kw) -> nn.Module:
+    """A model whose BatchNorms have non-trivial statistics and affine parameters (so folding is tested)."""
+    torch.manual_seed(0)
+    model = res2net.create_model(name, num_classes=kw.pop("num_classes", 10), **kw)
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
+            m.running_var.copy_(0.8 + 0.4 * torch.rand(c, generator=gen))
+            m.weight.data.copy_(0.8 + 0.4 * torch.rand(c, generator=gen))
+            m.bias.data.copy_(0.1 * torch.randn(c, generator=gen))
+    return model.eval()
+
+
+CASES = [
+    ("res2net20_cifar", 32, {}),  # CIFAR stem, hierarchical + stage blocks
+    ("resnet20_cifar", 32, {}),  # scale 1
+    ("se_res2next29_6cx24wx4s", 32, {}),  # SE + cardinality
+    ("res2net50_26w_4s", 64, {}),
+    ("res2net50_v1b_26w_4s", 64, {}),  # deep stem, avg-pool shortcut
+    ("res2next50", 64, {}),  # cardinality 8 in the grouped stage conv
+    ("res2net_dla60", 64, {}),  # DLA trunk, shortcut passed in
+    ("res2next_dla60", 64, {}),
+    ("res2net50_26w_4s", 64, {"features_only": True, "output_stride": 8}),  # dilated stage blocks
+]
+
+
+@pytest.mark.parametrize("name,size,kw", CASES, ids=[c[0] + ("-features" if c[2] else "") for c in CASES])
+def test_fp32_same_function(name: str, size: int, kw: dict) -> None:
+    model = _perturbed(name, **kw)
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize(model)
+    out = fast(x)
+    refs, outs = ([ref], [out]) if isinstance(ref, torch.Tensor) else (ref, out)
+    assert len(refs) == len(outs)
+    for r, o in zip(refs, outs):
+        assert o.dtype == torch.float32 and o.shape == r.shape
+        assert (r - o).abs().max().item() <= 1e-4 * max(1.0, r.abs().max().item())
+    # the argument is untouched and still computes the same
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # no BatchNorm left, every block fused
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, FusedRes2NetBlock) for m in fast.modules())
+
+
+def test_stage_block_is_one_grouped_conv() -> None:
+    fast = optimize(_perturbed("res2next50"))
+    stage = fast.model.layer2[0]
+    assert stage.mode == 1 and len(stage.convs) == 1
+    conv = stage.convs[0]
+    # 4 splits of 4*8 channels (3 convs + the average-pooled split), cardinality 8 each
+    assert conv.groups == 4 * 8 and conv.in_channels == conv.out_channels == stage.width * 4
+    assert fast.model.layer2[1].mode == 0  # hierarchical blocks stay sequential
+
+
+def test_bf16_close_to_fp32() -> None:
+    model = _perturbed("res2net50_26w_4s")
+    x = torch.randn(8, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    with pytest.warns(RuntimeWarning) if not bf16_supported() else _nullcontext():
+        fast = optimize(model, dtype=torch.bfloat16)
+    out = fast(x)
+    assert out.dtype == torch.float32
+    assert next(fast.model.parameters()).dtype == torch.bfloat16
+    cos = nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)
+    assert cos > 0.99
+    assert (out - ref).abs().max() <= 0.1 * ref.abs().max()
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def test_bad_arguments() -> None:
+    model = res2net.create_model("resnet20_cifar")
+    with pytest.raises(ValueError, match="dtype"):
+        optimize(model, dtype=torch.float16)
+    with pytest.raises(ValueError, match="compile"):
+        optimize(model, compile="yes")  # type: ignore[arg-type]
+    fast = optimize(model)
+    assert isinstance(fast, OptimizedModel) and not fast.training
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fast.train()
+    with pytest.raises(res2net.errors.ConfigError):
+        optimize(fast)
+
+
+def test_bench_smoke(tmp_path) -> None:
+    from res2net.bench import BenchConfig, format_markdown, run_bench, write_report
+
+    cfg = BenchConfig(models=["resnet20_cifar"], batch_sizes=[2], dtypes=["fp32"], train=True, peers=False,
+                      grad_checkpointing=True, repeats=1, warmup=0, probe_size=128)
+    report = run_bench(cfg, log=lambda s: None)
+    rows = {(r["impl"], r["mode"]): r for r in report["results"]}
+    assert {("probe", "probe"), ("ours", "infer"), ("ours-optimized", "infer"), ("ours", "train"),
+            ("ours-ckpt", "train")} <= set(rows)
+    assert rows[("ours", "train")]["peak_mem_mb"] > 0 and rows[("ours", "infer")]["images_per_s"] > 0
+    write_report(report, tmp_path)
+    assert (tmp_path / "bench.json").exists() and "resnet20_cifar" in format_markdown(report)
+    with pytest.raises(res2net.errors.ConfigError, match="dtypes"):
+        run_bench(BenchConfig(dtypes=["fp16"]))
