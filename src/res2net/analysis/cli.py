@@ -82,8 +82,13 @@ def cmd_cam(args: argparse.Namespace) -> int:
         mean, std = spec.mean, spec.std
         if model.in_chans != len(mean):
             mean, std = [sum(mean) / len(mean)] * model.in_chans, [sum(std) / len(std)] * model.in_chans
-        results.append(run_cam(model, name, images, mean, std, args.layer, args.target))
+        res = run_cam(model, name, images, mean, std, args.layer, args.target)
         shown = shown or images
+        side = shown[0][1].shape[-1]
+        if res["maps"].shape[-1] != side:  # the second model's card has another input size: match the figure
+            res["maps"] = torch.nn.functional.interpolate(res["maps"][:, None], size=(side, side), mode="bilinear",
+                                                          align_corners=False)[:, 0]
+        results.append(res)
     assert shown is not None
     overlay_figure(shown, results, out / "cam.png")
     summary = [{"model": r["model"], "image": n, "target": t, "label": lab}
@@ -104,7 +109,6 @@ def cmd_cam(args: argparse.Namespace) -> int:
 def cmd_receptive_field(args: argparse.Namespace) -> int:
     """Theoretical receptive-field sets vs the bottleneck, and measured ERFs vs the baseline."""
     from ..models import create_model, get_spec
-    from .common import resize_center  # noqa: F401  (used through erf_inputs)
     from .receptive_field import (bottleneck_of, effective_rf, erf_extent, erf_inputs, erf_plot, theoretical_rf,
                                   theory_plot)
 

@@ -72,11 +72,12 @@ def block_paths(block: Res2NetBlock, paths: Paths, jump: int) -> Tuple[Paths, in
 
 def theoretical_rf(model: nn.Module) -> List[Dict[str, Any]]:
     """Per block of a ResNet-family model: stage, block, jump, distinct sizes, paths, min/mean/max size and the
-    multiset itself (``sizes``: {size: paths}). The first record is the stem output."""
+    multiset itself (``sizes``: {size: paths}). The first record is the stem output (C1, before any max-pool)."""
     if not isinstance(model, ResNet):
         raise ValueError(f"theoretical receptive fields need a ResNet-family trunk, got {type(model).__name__}")
-    paths, jump = _through([model.conv1, model.maxpool], Counter({1: 1}), 1)
-    records = [_record("stem", 0, paths, jump)]
+    paths, jump = _through([model.conv1], Counter({1: 1}), 1)
+    records = [_record("stem", 0, paths, jump)]  # C1: the stem output, before the max-pool
+    paths, jump = _through([model.maxpool], paths, jump)
     for s_idx, stage in enumerate(model.stages, start=1):
         for b_idx, block in enumerate(stage):
             paths, jump = block_paths(block, paths, jump)
@@ -167,7 +168,7 @@ def erf_plot(maps: Dict[str, List[Tensor]], path: Any) -> None:
     plt = pyplot()
     rows = list(maps.items())
     cols = max(len(m) for _, m in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.8 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 3.2 * len(rows)), squeeze=False)
     for i, (label, stage_maps) in enumerate(rows):
         for j, erf in enumerate(stage_maps):
             axes[i][j].imshow(erf.sqrt().numpy(), cmap="inferno")
