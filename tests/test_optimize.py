@@ -30,12 +30,11 @@ def _perturbed(name: str, **kw) -> nn.Module:
 CASES = [
     ("res2net20_cifar", 32, {}),  # CIFAR stem, hierarchical + stage blocks
     ("resnet20_cifar", 32, {}),  # scale 1
-    ("se_res2next29_6cx24wx4s", 32, {}),  # SE + cardinality
+    ("se_res2net50_26w_4s", 64, {}),  # SE
     ("res2net50_26w_4s", 64, {}),
     ("res2net50_v1b_26w_4s", 64, {}),  # deep stem, avg-pool shortcut
     ("res2next50", 64, {}),  # cardinality 8 in the grouped stage conv
     ("res2net_dla60", 64, {}),  # DLA trunk, shortcut passed in
-    ("res2next_dla60", 64, {}),
     ("res2net50_26w_4s", 64, {"features_only": True, "output_stride": 8}),  # dilated stage blocks
 ]
 

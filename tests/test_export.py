@@ -1,0 +1,85 @@
+"""ONNX and TorchScript round trips (verified against eager), the CLI, and atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import res2net
+from res2net import export as ex
+from res2net.cli import main
+
+NAME, SIZE = "res2net20_cifar", 32
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = res2net.create_model(NAME).eval()
+    for bn in m.modules():  # non-trivial statistics
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_var.uniform_(0.8, 1.2)
+            bn.running_mean.uniform_(-0.1, 0.1)
+    return m
+
+
+def test_onnx_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    out = tmp_path / "m.onnx"
+    diffs = ex.export_model(model, out, "onnx", input_size=SIZE, dynamic_batch=True)
+    assert set(diffs) == {"random", "real (skimage astronaut)", "random batch 3"}
+    assert max(diffs.values()) <= 1e-4
+    assert min(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")) >= 17
+    # an independent check on a fresh input and batch size
+    x = torch.randn(5, 3, SIZE, SIZE)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(model(x).numpy() - got).max() <= 1e-4
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary left behind
+
+
+def test_torchscript_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    diffs = ex.export_model(model, out, "torchscript", input_size=SIZE)
+    assert max(diffs.values()) <= 1e-5
+    loaded = torch.jit.load(str(out))
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_failed_verification_leaves_no_file(model: torch.nn.Module, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"previous")
+
+    def fail(*a: object, **k: object) -> None:
+        raise ex.ExportError("mismatch")
+
+    monkeypatch.setattr(ex, "verify_torchscript", fail)
+    with pytest.raises(ex.ExportError):
+        ex.export_model(model, out, "torchscript", input_size=SIZE)
+    assert out.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_real_input() -> None:
+    x = ex.real_input(48)
+    assert x.shape == (1, 3, 48, 48) and x.std() > 0.3
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "r.pt"
+    assert main(["export", "resnet20_cifar", "--format", "torchscript", "--out", str(out)]) == 0
+    assert out.exists() and "verified" in capsys.readouterr().out
+    assert main(["export", "resnet20_cifar", "--format", "onnx", "--out", str(tmp_path / "no" / "r.onnx")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["export", "resnet20_cifar", "--format", "onnx", "--opset", "13", "--out", str(out)]) == 2
+    assert "opset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "resnet20_cifar", "--format", "tflite", "--out", str(out)])
