@@ -175,6 +175,8 @@ def test_ablation_command_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[
     first = (out / "results.jsonl").read_text()
     assert main(tiny + ["--variants", "bottleneck", "s4"]) == 2  # finished runs are never silently redone
     assert "--resume" in capsys.readouterr().err
+    assert main(tiny + ["--variants", "bottleneck", "--resume", "--epochs", "2"]) == 2  # other settings
+    assert "--resume: run bottleneck-seed0" in capsys.readouterr().err
     assert main(tiny + ["--variants", "bottleneck", "48w2s", "--resume"]) == 0
     lines = (out / "results.jsonl").read_text().splitlines()
     assert (out / "results.jsonl").read_text().startswith(first) and len(lines) == 2

@@ -176,9 +176,17 @@ def sweep(runs: Sequence[Run], out: Path, dataset: str, budget: Budget, override
     if done and not resume:
         raise ConfigError(f"--out {out} already holds {len(done)} finished runs: pass --resume to continue "
                           "them, or choose another --out")
+    settings = {"dataset": dataset, "epochs": budget.epochs, "train_subset": budget.train_subset,
+                "test_subset": budget.test_subset, "input_pool": budget.input_pool,
+                "batch_size": budget.batch_size, "overrides": list(overrides)}
+    for rec in done.values():
+        if rec.get("settings", settings) != settings:
+            raise ConfigError(f"--resume: run {rec['run_id']} in {out} was trained with {rec['settings']}, not "
+                              f"{settings}; use the same flags or another --out")
     todo = [r for r in runs if r.run_id not in done]
     for run in tqdm(todo, desc="ablation", unit="run", file=sys.stderr):
         rec = train_run(run, dataset, budget, out / "runs" / run.run_id, overrides, data_dir, device, resume=True)
+        rec["settings"] = settings
         with store.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
         done[run.run_id] = rec
