@@ -27,7 +27,7 @@ MEAN, STD = 0.2860, 0.3530
 
 
 def _prep(images: torch.Tensor) -> torch.Tensor:
-    return ((images.float() / 255 - MEAN) / STD).unsqueeze(1)
+    return (images.float() / 255 - MEAN) / STD  # images: (N, 1, 28, 28) uint8
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -36,6 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--test-images", type=int, default=10000, help="first N test images (default: all 10,000)")
     p.add_argument("--checkpoint", type=Path, default=None, help="load this state_dict instead of training")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
@@ -43,6 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     folder = find_dir(None, download=False)
     train_x, train_y = read_split(folder, "train")
     test_x, test_y = read_split(folder, "test")
+    test_x, test_y = test_x[:args.test_images], test_y[:args.test_images]
     model = res2net.create_model(args.model, in_chans=1, num_classes=10)
     t0 = time.time()
     if args.checkpoint:
