@@ -38,6 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--test-images", type=int, default=10000, help="first N test images (default: all 10,000)")
     p.add_argument("--checkpoint", type=Path, default=None, help="load this state_dict instead of training")
+    p.add_argument("--save-checkpoint", type=Path, default=None, help="write the trained state_dict here")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -63,8 +64,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             sched.step()
             if step % 25 == 0:
                 print(f"step {step} loss {loss.item():.3f}", flush=True)
-        args.out.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), args.out / f"fmnist_{args.model}.pt")
+        if args.save_checkpoint:
+            torch.save(model.state_dict(), args.save_checkpoint)
     model.eval()
     train_s = time.time() - t0
     variants = {"eager_fp32": model, "optimized_fp32": res2net.optimize(model),
