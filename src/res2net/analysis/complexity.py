@@ -181,7 +181,7 @@ def report_lines(rows: Sequence[Dict[str, Any]], input_size: int, batch_size: in
     return [f"# Complexity at {input_size}x{input_size}", "", f"Command: `{command}`", "",
             f"Device: {device}, torch threads: {torch.get_num_threads()}. "
             "MACs = FlopCounterMode / 2. Latency: median after warm-up, fp32, eval mode. Memory: see "
-            "docs/ANALYSES.md (CPU: peak RSS of a fresh process above its post-import size).", ""] + \
+            "docs/ANALYSES.md (CPU: peak RSS of a fresh process above its RSS before the model is built).", ""] + \
         md_table(header, table) + ["", "![complexity](complexity.png)", ""]
 
 
