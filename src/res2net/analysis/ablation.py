@@ -48,8 +48,9 @@ class Variant:
         return {**BASE, **dict(self.changes)}
 
     def build(self, num_classes: int, in_chans: int, input_pool: int = 1) -> nn.Module:
-        """The model, from the zoo's trunk class; ``input_pool > 1`` average-pools the images first."""
-        net = ResNet(**self.arch, num_classes=num_classes, in_chans=in_chans)
+        """The model, from the zoo's trunk class (last BN of each block zero-initialised, so the deeper variants
+        survive the one-cycle warm-up); ``input_pool > 1`` average-pools the images first."""
+        net = ResNet(**self.arch, num_classes=num_classes, in_chans=in_chans, zero_init_last=True)
         return nn.Sequential(nn.AvgPool2d(input_pool), net) if input_pool > 1 else net
 
 
