@@ -207,3 +207,19 @@ def test_ema_smoothing_clipping_and_changed_resume(tmp_path: Path) -> None:
     cfg.run.epochs, cfg.optim.lr = 2, 0.01
     with pytest.warns(UserWarning, match="changed settings optim.lr, run.epochs"):
         Trainer(ToyTask(), cfg, tmp_path / "ema", resume=True).fit()
+
+
+def test_section_defaults_declared_by_a_task_survive_overrides():
+    """Setting one key of a section keeps the other defaults the task's schema declares for that section."""
+    import dataclasses
+
+    from res2net.engine.config import OptimConfig, RunConfig, SchedConfig, load_config
+
+    @dataclasses.dataclass
+    class Schema:
+        optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3))
+        sched: SchedConfig = dataclasses.field(default_factory=SchedConfig)
+        run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    cfg = load_config(Schema, None, ["optim.batch_size=8"])
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.batch_size) == ("adamw", 1e-3, 8)

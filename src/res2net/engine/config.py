@@ -116,8 +116,17 @@ def _fields(schema: Type[Any]) -> Dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
 
 
-def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build ``schema`` from a nested mapping; missing keys keep their defaults, unknown keys are errors."""
+def _field_default(schema: Type[Any], name: str) -> Any:
+    """The default value of a schema field (its ``default_factory`` called), or None when it has none."""
+    f = next(f for f in dataclasses.fields(schema) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "", base: Any = None) -> T:
+    """Build ``schema`` from a nested mapping; missing keys keep their defaults (those of ``base`` or, for a
+    section, the section default the parent schema declares), unknown keys are errors."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
     types = _fields(schema)
@@ -128,10 +137,11 @@ def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             raise ConfigError(f"unknown config key {full!r}; allowed: {', '.join(prefix + k for k in types)}")
         tp = types[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value or {}, full + ".")
+            section_base = getattr(base, key) if base is not None else _field_default(schema, key)
+            kwargs[key] = from_dict(tp, value or {}, full + ".", section_base)
         else:
             kwargs[key] = _coerce(full, tp, value)
-    return schema(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else schema(**kwargs)
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:
