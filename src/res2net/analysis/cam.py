@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .common import pyplot
+from .common import pyplot, save_image_grid
 
 
 def resolve_layer(model: nn.Module, layer: Optional[str] = None) -> nn.Module:
@@ -100,11 +100,7 @@ def overlay_figure(images: Sequence[Tuple[str, Tensor]], results: Sequence[Dict[
             axes[i][j].imshow(shown.squeeze(), cmap="gray" if shown.shape[-1] == 1 else None)
             axes[i][j].imshow(res["maps"][i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
             axes[i][j].set_title(f"{res['model']}\n{res['labels'][i]}", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_image_grid(fig, axes, path)
 
 
 def run_cam(model: nn.Module, name: str, images: Sequence[Tuple[str, Tensor]], mean: Sequence[float],

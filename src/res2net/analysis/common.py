@@ -26,6 +26,15 @@ def pyplot() -> Any:
     return plt
 
 
+def save_image_grid(fig: Any, axes: Any, path: Path) -> None:
+    """Hide the axes of an image grid, lay it out, write it as a PNG and free the figure."""
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
 def out_dir(path: str | Path) -> Path:
     """Create (if needed) and return the report folder ``path``."""
     out = Path(path)

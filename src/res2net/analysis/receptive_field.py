@@ -163,7 +163,7 @@ def theory_plot(records: Dict[str, List[Dict[str, Any]]], path: Any) -> None:
 
 def erf_plot(maps: Dict[str, List[Tensor]], path: Any) -> None:
     """Grid of ERF maps: one row per model, one column per stage output (sqrt scale for visibility)."""
-    from .common import pyplot
+    from .common import pyplot, save_image_grid
 
     plt = pyplot()
     rows = list(maps.items())
@@ -173,11 +173,7 @@ def erf_plot(maps: Dict[str, List[Tensor]], path: Any) -> None:
         for j, erf in enumerate(stage_maps):
             axes[i][j].imshow(erf.sqrt().numpy(), cmap="inferno")
             axes[i][j].set_title(f"{label}\nC{j + 1}", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_image_grid(fig, axes, path)
 
 
 def baseline_name(name: str) -> Optional[str]:
