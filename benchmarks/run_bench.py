@@ -68,18 +68,19 @@ def targets(reports: Dict[str, Dict[str, Any]]) -> List[str]:
             v = opt16["ratios"].get("torchvision_resnet50")
             if v:
                 check("bf16 Res2Net-50 time / torchvision resnet50 bf16 autocast time (<= 1.0)", 1 / v, 1 / v <= 1.0)
+    def time_ratio(text: str, limit: float, res: List[Dict[str, Any]], num: Dict[str, Any],
+                   den: Dict[str, Any]) -> None:
+        a, b = _find(res, **num), _find(res, **den)
+        if a and b:
+            v = a["ms_per_image"] / b["ms_per_image"]
+            check(f"{text} (<= {limit})", v, v <= limit)
+
     if "scales" in reports:
         res = reports["scales"]["results"]
-        a = _find(res, model="res2net50_26w_4s", impl="ours-optimized", dtype="fp32")
-        b = _find(res, model="res2net50_14w_8s", impl="ours-optimized", dtype="fp32")
-        if a and b:
-            v = b["ms_per_image"] / a["ms_per_image"]
-            check("14w8s / 26w4s time, optimized (<= 1.15)", v, v <= 1.15)
-        a = _find(res, model="res2net50_26w_4s", impl="ours", dtype="fp32")
-        b = _find(res, model="res2net50_14w_8s", impl="ours", dtype="fp32")
-        if a and b:
-            v = b["ms_per_image"] / a["ms_per_image"]
-            check("14w8s / 26w4s time, as created (<= 1.15)", v, v <= 1.15)
+        for impl, how in (("ours-optimized", "optimized"), ("ours", "as created")):
+            time_ratio(f"14w8s / 26w4s time, {how}", 1.15, res,
+                       dict(model="res2net50_14w_8s", impl=impl, dtype="fp32"),
+                       dict(model="res2net50_26w_4s", impl=impl, dtype="fp32"))
     if "train" in reports:
         res = reports["train"]["results"]
         ours = _find(res, impl="ours", mode="train", dtype="fp32")
@@ -93,12 +94,9 @@ def targets(reports: Dict[str, Dict[str, Any]]) -> List[str]:
             v = 1 - ck["peak_mem_mb"] / ours["peak_mem_mb"]
             check("grad checkpointing peak-memory cut (>= 0.40)", v, v >= 0.4)
     if "cifar" in reports:
-        res = reports["cifar"]["results"]
-        a = _find(res, model="res2net20_cifar", impl="ours", mode="train")
-        b = _find(res, model="resnet20_cifar", impl="ours", mode="train")
-        if a and b:
-            v = a["ms_per_image"] / b["ms_per_image"]
-            check("res2net20_cifar / resnet20_cifar training step time, batch 128 (<= 1.3)", v, v <= 1.3)
+        time_ratio("res2net20_cifar / resnet20_cifar training step time, batch 128", 1.3,
+                   reports["cifar"]["results"], dict(model="res2net20_cifar", impl="ours", mode="train"),
+                   dict(model="resnet20_cifar", impl="ours", mode="train"))
     return lines
 
 
