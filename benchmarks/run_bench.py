@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from res2net.bench import add_arguments, config_from_args, format_markdown, run_bench, write_report
+from res2net.runtime import keep_freed_memory
 
 SUITES: Dict[str, List[str]] = {
     # inference: ours (as created / optimized) vs timm (shipped / channels_last) vs torchvision, fp32 + bf16
@@ -106,6 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--repeats", default="3")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the res2net command does: every row of every suite runs with it
     reports: Dict[str, Dict[str, Any]] = {}
     for suite in [s for s in args.suites.split(",") if s]:
         if suite not in SUITES:

@@ -84,8 +84,8 @@ def test_baselines_match_torchvision(ours, theirs):
 
 
 def test_small_models_pair_with_same_budget_baselines():
-    small = [s for s in MODELS if "small" in s.tags and s.baseline]
-    assert len(small) >= 4
+    small = [s for s in MODELS if {"small", "lite"} & set(s.tags) and s.baseline]
+    assert len(small) >= 5
     for spec in small:
         ours, base = count_params(meta_model(spec.name)), count_params(meta_model(spec.baseline))
         assert abs(ours - base) / base < 0.02, (spec.name, ours, spec.baseline, base)

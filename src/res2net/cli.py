@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``res2net`` console script; user errors print one line and exit with 2."""
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed activation buffers instead of page-faulting them in every step
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -85,6 +85,15 @@ def _small(name: str, layers: Tuple[int, ...], planes: Tuple[int, ...], base_wid
                      crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3, tags=("small",), **kw)
 
 
+def _lite(name: str, base_width: int, scale: int, desc: str, **kw: Any) -> ModelSpec:
+    """A 26-layer ImageNet-stem trunk at half the 50-layer widths: a CPU-sized backbone for the dense tasks
+    (4 stages at strides 4-32, so FPN, DeepLab v3+ and DSS get the same C2-C5 maps as from a 50-layer one)."""
+    arch = dict(layers=(2, 2, 2, 2), planes=(32, 64, 128, 256), base_width=base_width, scale=scale,
+                stem_width=32)
+    return ModelSpec(name=name, family="resnet", arch=arch, description=desc, input_size=128, crop_pct=1.0,
+                     tags=("lite",), **kw)
+
+
 def _dla(name: str, base_width: int, scale: int, cardinality: int, desc: str, **kw: Any) -> ModelSpec:
     arch = dict(base_width=base_width, scale=scale, cardinality=cardinality)
     return ModelSpec(name=name, family="dla", arch=arch, description=desc, **kw)
@@ -187,6 +196,10 @@ MODELS: List[ModelSpec] = [
     _small("res2net17_slim", (1, 2, 2), (8, 16, 32), 128, 4, 16,
            "slim Res2Net for 28 px CPU training (16w x 4s splits)", baseline="resnet17_slim"),
     _small("resnet17_slim", (1, 2, 2), (8, 16, 32), 250, 1, 16, "same-budget ResNet for res2net17_slim"),
+    # CPU-sized dense-task backbones (docs/DENSE.md): Res2Net-50's 26w x 4s proportions, 2 blocks per stage
+    _lite("res2net26_lite", 26, 4, "half-width 26-layer Res2Net (26w x 4s), backbone for CPU dense tasks",
+          baseline="resnet26_lite"),
+    _lite("resnet26_lite", 64, 1, "same-budget ResNet for res2net26_lite"),
     _small("res2net17_cifar", (1, 2, 2), (16, 32, 64), 64, 4, 16,
            "Res2Net with 1-2-2 blocks and CIFAR widths (16w x 4s splits)", baseline="resnet17_cifar"),
     _small("resnet17_cifar", (1, 2, 2), (16, 32, 64), 136, 1, 16, "same-budget ResNet for res2net17_cifar"),
