@@ -147,6 +147,19 @@ def test_frozen_layers_really_frozen():
     assert not torch.equal(before["layer2.0.conv1.weight"], after["layer2.0.conv1.weight"])
 
 
+def test_head_sizes_reach_torchvision():
+    """The CPU-sizing keys (FPN width, RPN proposal counts) reach torchvision's modules."""
+    cfg = DetectionModelConfig(name="res2net26_lite", fpn_channels=96, rpn_pre_nms_top_n_train=600,
+                               rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=200,
+                               rpn_post_nms_top_n_test=100)
+    model = build_detector(cfg, num_classes=5, image_size=128)
+    assert model.backbone.out_channels == 96
+    assert model.backbone.fpn.layer_blocks[0][0].out_channels == 96
+    assert model.rpn._pre_nms_top_n == {"training": 600, "testing": 200}
+    assert model.rpn._post_nms_top_n == {"training": 300, "testing": 100}
+    assert model.roi_heads.box_head.fc6.in_features == 96 * 7 * 7
+
+
 def test_trainable_layers_out_of_range():
     with pytest.raises(ValueError, match="trainable_layers must be in \\[0, 5\\]"):
         build_detector(DetectionModelConfig(trainable_layers=6), num_classes=3, image_size=64)

@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from .common import build_model, md_table, out_dir, sample_images, write_csv, write_json
+from .common import build_model, md_table, out_dir, preprocessing, sample_images, write_csv, write_json
 
 
 def _command(name: str) -> str:
@@ -63,7 +63,6 @@ def cmd_complexity(args: argparse.Namespace) -> int:
 # ---- cam -----------------------------------------------------------------------------------------------------
 def cmd_cam(args: argparse.Namespace) -> int:
     """Grad-CAM of one model (or two, side by side) on images or the scikit-image samples."""
-    from ..models import get_spec
     from .cam import overlay_figure, run_cam
     from .common import load_image, resize_center
 
@@ -75,11 +74,10 @@ def cmd_cam(args: argparse.Namespace) -> int:
     shown = None
     for name, ckpt in [(args.model, args.checkpoint)] + ([(args.compare, args.compare_checkpoint)]
                                                         if args.compare else []):
-        spec = get_spec(name)
         model = build_model(name, ckpt)
-        size = args.input_size or spec.input_size
+        trained_size, mean, std = preprocessing(name, ckpt)
+        size = args.input_size or trained_size
         images = [(n, resize_center(img, size, model.in_chans)) for n, img in raw]
-        mean, std = spec.mean, spec.std
         if model.in_chans != len(mean):
             mean, std = [sum(mean) / len(mean)] * model.in_chans, [sum(std) / len(std)] * model.in_chans
         res = run_cam(model, name, images, mean, std, args.layer, args.target)
@@ -131,9 +129,9 @@ def cmd_receptive_field(args: argparse.Namespace) -> int:
     photos = [img for _, img in sample_images()][: args.images]
     for name, ckpt in [(args.name, args.checkpoint)] + ([(baseline, args.baseline_checkpoint)] if baseline else []):
         model = build_model(name, ckpt)
-        card = get_spec(name)
-        size = args.input_size or card.input_size
-        x = erf_inputs(photos, size, model.in_chans, card.mean, card.std)
+        trained_size, mean, std = preprocessing(name, ckpt)
+        size = args.input_size or trained_size
+        x = erf_inputs(photos, size, model.in_chans, mean, std)
         maps = effective_rf(model, x)
         measured[name] = maps
         theory_max = [r["max_rf"] for r in theoretical_rf(model)]

@@ -121,6 +121,28 @@ def checkpoint_shape(path: str | Path) -> Tuple[int, int, Dict[str, Tensor]]:
     return int(conv.shape[1]), int(fc.shape[0]), state
 
 
+def preprocessing(name: str, checkpoint: Optional[str | Path] = None
+                  ) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:
+    """(input size, mean, std) the model expects: those its training run used, read from the config that
+    ``res2net train`` saves in its checkpoints (Fashion-MNIST: 28 px with the data set's statistics), else the
+    model card's."""
+    from ..data.fashion_mnist import MEAN as FMNIST_MEAN, STD as FMNIST_STD
+    from ..engine import load_checkpoint
+    from ..models import get_spec
+
+    card = get_spec(name)
+    size, mean, std = card.input_size, tuple(card.mean), tuple(card.std)
+    if checkpoint is None:
+        return size, mean, std
+    config = load_checkpoint(checkpoint).get("config")
+    data = config.get("data", {}) if isinstance(config, dict) else {}
+    if data.get("dataset") == "fashion-mnist":
+        return 28, tuple(FMNIST_MEAN), tuple(FMNIST_STD)
+    if data.get("dataset") == "cifar100":
+        return 32, mean, std
+    return int(data.get("input_size") or size), mean, std
+
+
 def build_model(name: str, checkpoint: Optional[str | Path] = None) -> nn.Module:
     """A named model in eval mode: with ``checkpoint`` (its in_chans/classes are read from the file), else
     random weights."""

@@ -40,6 +40,11 @@ class DetectionModelConfig(DenseModelConfig):
 
     head: str = "faster"  # faster (Faster R-CNN) | mask (Mask R-CNN)
     anchor_base: float = 0.0  # smallest anchor (doubling per FPN level); 0 = 32 * image_size / 800
+    fpn_channels: int = 256  # FPN output channels (what the RPN and box heads read)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
     box_score_thresh: float = 0.05  # detections kept for evaluation
@@ -75,13 +80,17 @@ def build_detector(cfg: DetectionModelConfig, num_classes: int, image_size: int)
     if cfg.head not in HEADS:
         raise ConfigError(f"model.head must be one of {HEADS}, got {cfg.head!r}")
     spec = get_spec(cfg.name)
-    backbone = Res2NetFPN(build_backbone(cfg, out_indices=(1, 2, 3, 4)))
+    backbone = Res2NetFPN(build_backbone(cfg, out_indices=(1, 2, 3, 4)), out_channels=cfg.fpn_channels)
     base = cfg.anchor_base or 32.0 * image_size / 800.0
     sizes = tuple((max(2.0, base * 2 ** i),) for i in range(5))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
     cls = MaskRCNN if cfg.head == "mask" else FasterRCNN
     return cls(backbone, num_classes=num_classes, min_size=image_size, max_size=int(image_size * 1333 / 800),
                image_mean=list(spec.mean), image_std=list(spec.std), rpn_anchor_generator=anchors,
+               rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+               rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+               rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+               rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
                box_batch_size_per_image=cfg.box_batch_size_per_image, box_score_thresh=cfg.box_score_thresh,
                box_detections_per_img=cfg.box_detections_per_img)
