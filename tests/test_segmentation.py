@@ -8,6 +8,7 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from res2net.cli import main
+from res2net.errors import ConfigError
 from res2net.tasks.segmentation import DeepLabV3Plus, SegmentationModelConfig, segmentation_report
 
 
@@ -47,6 +48,11 @@ def test_deeplab_structure():
     low, high = model.backbone(model.normalize(x))
     assert low.shape[-1] == 16 and high.shape[-1] == 4
     assert model(x).shape == (1, 5, 64, 64)
+    assert model.decoder[0][0].out_channels == 256 and model.aspp.project[0].out_channels == 256
+    lite = DeepLabV3Plus(SegmentationModelConfig(name="res2net26_lite", head_channels=96), num_classes=5)
+    assert lite.decoder[0][0].in_channels == 96 + 48 and lite.aspp.project[0].out_channels == 96
+    with pytest.raises(ConfigError, match="head_channels"):
+        DeepLabV3Plus(SegmentationModelConfig(name="res2net26_lite", head_channels=0), num_classes=5)
 
 
 @pytest.mark.slow
@@ -64,6 +70,11 @@ def test_segment_cli_end_to_end(tmp_path):
     assert main(args + ["--resume"]) == 0
     assert json.loads((out / "metrics.json").read_text())["miou"] == pytest.approx(metrics["miou"], abs=1e-4)
     assert main(["segment", "eval", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "ev")]) == 0
+    trained = (out / "metrics.json").read_text()
+    assert main(["segment", "eval", "--checkpoint", str(out / "last.pt"), "--random-weights"]) == 0
+    assert (out / "metrics.json").read_text() == trained  # the untrained reference goes to its own folder
+    fresh = json.loads((out / "random-weights" / "metrics.json").read_text())
+    assert set(fresh) == set(metrics) and 0.0 <= fresh["miou"] <= 1.0
     assert main(["segment", "predict", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "pred"),
                  "--input", str(out / "data" / "voc" / "JPEGImages" / "val_00000.jpg")]) == 0
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.png")) == ["val_00000_mask.png", "val_00000_seg.png"]

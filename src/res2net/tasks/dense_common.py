@@ -325,8 +325,13 @@ def load_trained(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Na
             section, name = key.split(".")
             setattr(getattr(cfg, section), name, value)
     cfg.model.pretrained = ""  # the checkpoint holds every weight; fetch no backbone file
-    out = Path(args.out or ckpt.parent)
+    random_weights = getattr(args, "random_weights", False)
+    # the untrained reference never overwrites the trained run's metrics.json
+    out = Path(args.out or (ckpt.parent / "random-weights" if random_weights else ckpt.parent))
     task = task_cls(cfg, out)
+    if random_weights:
+        torch.manual_seed(cfg.run.seed)
+        return task, task.build_model().eval(), cfg
     model = task.build_model()
     try:
         model.load_state_dict(model_state(state))
@@ -398,3 +403,8 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str, default_model: s
         parser.add_argument("--out", metavar="DIR", help="output folder (default: the checkpoint's folder)")
         if kind == "predict":
             parser.add_argument("--input", required=True, help="an image file or a folder of images")
+        if kind == "eval":
+            parser.add_argument("--random-weights", action="store_true",
+                                help="evaluate the checkpoint's model configuration with fresh random weights "
+                                     "(seed run.seed): the untrained reference for the trained figures "
+                                     "(default --out: <checkpoint folder>/random-weights)")

@@ -30,6 +30,7 @@ class SegmentationModelConfig(DenseModelConfig):
     """Backbone plus DeepLab v3+ settings."""
 
     output_stride: int = 16  # 16 (ASPP rates 6/12/18) or 8 (rates doubled)
+    head_channels: int = 256  # ASPP and decoder width (the paper's 256; smaller for CPU-sized runs)
     classes: List[str] = field(default_factory=list)  # class names, background first; filled from the data
 
 
@@ -58,10 +59,13 @@ class DeepLabV3Plus(nn.Module):
         self.backbone = build_backbone(cfg, out_indices=(1, 4), output_stride=cfg.output_stride)
         low_ch, high_ch = (f["num_chs"] for f in self.backbone.feature_info)
         rates = [6, 12, 18] if cfg.output_stride == 16 else [12, 24, 36]
-        self.aspp = ASPP(high_ch, rates, out_channels=256)
+        if cfg.head_channels < 1:
+            raise ConfigError(f"model.head_channels must be >= 1, got {cfg.head_channels}")
+        width = cfg.head_channels
+        self.aspp = ASPP(high_ch, rates, out_channels=width)
         self.project = conv_bn_relu(low_ch, 48, 1)
-        self.decoder = nn.Sequential(conv_bn_relu(256 + 48, 256, 3), conv_bn_relu(256, 256, 3),
-                                     nn.Conv2d(256, num_classes, 1))
+        self.decoder = nn.Sequential(conv_bn_relu(width + 48, width, 3), conv_bn_relu(width, width, 3),
+                                     nn.Conv2d(width, num_classes, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         low, high = self.backbone(self.normalize(x))
