@@ -3,7 +3,8 @@
 glibc's malloc hands freed blocks above ``M_MMAP_THRESHOLD`` (and the heap top above ``M_TRIM_THRESHOLD``)
 back to the kernel; a training loop frees and re-allocates the same activation buffers every step, so each
 step pays page faults and the kernel zeroes every page again (measured on a 2-core VM: ~40k page faults/s
-and half of the CPU time in the kernel during the Fashion-MNIST default). :func:`keep_freed_memory` raises
+during the Fashion-MNIST default; with this setting 45% fewer faults and a ~8% faster res2net17_slim training
+step, docs/TRAINING.md). :func:`keep_freed_memory` raises
 both thresholds so freed buffers stay in the process and are reused, which is what tcmalloc/jemalloc do.
 
 The ``res2net`` command calls it once at start (``RES2NET_MALLOC_TUNING=0`` turns it off); library users

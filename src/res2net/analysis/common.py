@@ -126,21 +126,17 @@ def preprocessing(name: str, checkpoint: Optional[str | Path] = None
     """(input size, mean, std) the model expects: those its training run used, read from the config that
     ``res2net train`` saves in its checkpoints (Fashion-MNIST: 28 px with the data set's statistics), else the
     model card's."""
-    from ..data.fashion_mnist import MEAN as FMNIST_MEAN, STD as FMNIST_STD
     from ..engine import load_checkpoint
     from ..models import get_spec
+    from ..tasks.classification import dataset_normalization
 
-    card = get_spec(name)
-    size, mean, std = card.input_size, tuple(card.mean), tuple(card.std)
-    if checkpoint is None:
-        return size, mean, std
-    config = load_checkpoint(checkpoint).get("config")
+    size = get_spec(name).input_size
+    config = load_checkpoint(checkpoint).get("config") if checkpoint is not None else None
     data = config.get("data", {}) if isinstance(config, dict) else {}
-    if data.get("dataset") == "fashion-mnist":
-        return 28, tuple(FMNIST_MEAN), tuple(FMNIST_STD)
-    if data.get("dataset") == "cifar100":
-        return 32, mean, std
-    return int(data.get("input_size") or size), mean, std
+    dataset = data.get("dataset", "")
+    mean, std = dataset_normalization(dataset, name)
+    sizes = {"fashion-mnist": 28, "cifar100": 32}  # the in-memory sets' native sizes
+    return int(sizes.get(dataset) or data.get("input_size") or size), mean, std
 
 
 def build_model(name: str, checkpoint: Optional[str | Path] = None) -> nn.Module:

@@ -94,6 +94,14 @@ def _tensor_sets(dataset: str, data_dir: Optional[str], download: bool) -> Dict[
     return load_cifar100(data_dir)
 
 
+def dataset_normalization(dataset: str, model_name: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) the images of ``dataset`` are normalised with: Fashion-MNIST's own statistics, else the
+    model card's."""
+    card = get_spec(model_name)
+    mean, std = (fmnist.MEAN, fmnist.STD) if dataset == "fashion-mnist" else (card.mean, card.std)
+    return tuple(mean), tuple(std)
+
+
 def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> ClassificationData:
     """The data sets of ``cfg`` with the preprocessing of the paper (or of the Fashion-MNIST recipe)."""
     card = get_spec(model_name)
@@ -106,9 +114,9 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> Classificatio
             train = train.subset(cfg.train_subset, seed)
         if cfg.test_subset:
             test = test.subset(cfg.test_subset, seed)
-        mean, std = (fmnist.MEAN, fmnist.STD) if cfg.dataset == "fashion-mnist" else (card.mean, card.std)
+        mean, std = dataset_normalization(cfg.dataset, model_name)
         return ClassificationData(train, test, train.classes, train.images.shape[1], train.images.shape[-1],
-                                  tuple(mean), tuple(std), in_memory=True)
+                                  mean, std, in_memory=True)
     if not cfg.data_dir:
         raise ConfigError("data.data_dir (--data-dir) is required for imagefolder: a folder with train/ and "
                           f"{cfg.val_split}/")
