@@ -24,10 +24,11 @@ SUITES: Dict[str, List[str]] = {
     # 14w x 8s vs 26w x 4s (same run)
     "scales": ["--models", "res2net50_26w_4s,res2net50_14w_8s", "--batch-sizes", "16", "--no-peers"],
     # training step vs timm and torchvision, with grad checkpointing (memory cut)
-    "train": ["--models", "res2net50_26w_4s", "--batch-sizes", "16", "--train-only", "--grad-checkpointing"],
+    "train": ["--models", "res2net50_26w_4s", "--batch-sizes", "16", "--train-only", "--grad-checkpointing",
+              "--dtypes", "fp32,bf16"],
     # small widths: CIFAR-sized Res2Net vs the same-budget ResNet, training step at batch 128, 32x32
     "cifar": ["--models", "res2net20_cifar,resnet20_cifar", "--batch-sizes", "128", "--train-only",
-              "--no-peers"],
+              "--no-peers", "--dtypes", "fp32,bf16"],
 }
 
 
@@ -84,20 +85,27 @@ def targets(reports: Dict[str, Dict[str, Any]]) -> List[str]:
                        dict(model="res2net50_26w_4s", impl=impl, dtype="fp32"))
     if "train" in reports:
         res = reports["train"]["results"]
-        ours = _find(res, impl="ours", mode="train", dtype="fp32")
-        ck = _find(res, impl="ours-ckpt", mode="train", dtype="fp32")
-        if ours:
-            v = ours["ratios"].get("timm_channels_last")
-            check("training images/s / timm's (>= 1.25)", v, v is not None and v >= 1.25)
-            v = ours["ratios"].get("timm_channels_last_memory")
-            check("training peak memory / timm's (<= 1.0)", v, v is not None and v <= 1.0)
-        if ours and ck:
-            v = 1 - ck["peak_mem_mb"] / ours["peak_mem_mb"]
-            check("grad checkpointing peak-memory cut (>= 0.40)", v, v >= 0.4)
+        for dtype in ("fp32", "bf16"):
+            ours = _find(res, impl="ours", mode="train", dtype=dtype)
+            ck = _find(res, impl="ours-ckpt", mode="train", dtype=dtype)
+            if ours:
+                v = ours["ratios"].get("timm_channels_last")
+                check(f"{dtype} training images/s / timm's channels_last {dtype} (>= 1.25)", v,
+                      v is not None and v >= 1.25)
+                v = ours["ratios"].get("timm_shipped_fp32")
+                check(f"{dtype} training images/s / timm as shipped (NCHW fp32) (>= 1.25)", v,
+                      v is not None and v >= 1.25)
+                v = ours["ratios"].get("timm_channels_last_memory")
+                check(f"{dtype} training peak memory / timm's (<= 1.0)", v, v is not None and v <= 1.0)
+            if ours and ck:
+                v = 1 - ck["peak_mem_mb"] / ours["peak_mem_mb"]
+                check(f"{dtype} grad checkpointing peak-memory cut (>= 0.40)", v, v >= 0.4)
     if "cifar" in reports:
-        time_ratio("res2net20_cifar / resnet20_cifar training step time, batch 128", 1.3,
-                   reports["cifar"]["results"], dict(model="res2net20_cifar", impl="ours", mode="train"),
-                   dict(model="resnet20_cifar", impl="ours", mode="train"))
+        for dtype in ("fp32", "bf16"):
+            time_ratio(f"res2net20_cifar / resnet20_cifar training step time, batch 128, {dtype}", 1.3,
+                       reports["cifar"]["results"], dict(model="res2net20_cifar", impl="ours", mode="train",
+                                                         dtype=dtype),
+                       dict(model="resnet20_cifar", impl="ours", mode="train", dtype=dtype))
     return lines
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from res2net.data import (TensorImageDataset, classification_transforms, image_folder_split, load_cifar100,
-                          load_fashion_mnist, open_image, random_crop_flip, skip_collate)
+from res2net.data import (TensorImageDataset, classification_transforms, epoch_size, image_folder_split,
+                          load_cifar100, load_fashion_mnist, open_image, random_crop_flip, resize_batch,
+                          skip_collate)
 from res2net.data import fashion_mnist as fm
 from res2net.errors import DataError
 
@@ -76,6 +77,18 @@ def test_random_crop_flip() -> None:
     for i in range(2):  # each output is one window of its own padded image, maybe mirrored
         windows = [padded[i, :, a:a + 5, b:b + 5] for a in range(5) for b in range(5)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+
+
+def test_progressive_resizing_schedule_and_resize() -> None:
+    assert [epoch_size([20, 24, 28], e) for e in range(5)] == [20, 24, 28, 28, 28]
+    with pytest.raises(ValueError):
+        epoch_size([], 0)
+    x = torch.rand(3, 2, 28, 28)
+    assert resize_batch(x, 28) is x
+    from torchvision.transforms.v2 import functional as TF
+    for size in (20, 36):  # shrinking antialiased, enlarging plain bilinear: torchvision's resize on tensors
+        ref = TF.resize(x, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        torch.testing.assert_close(resize_batch(x, size), ref, atol=1e-5, rtol=0)
 
 
 def test_tensor_dataset_batches() -> None:

@@ -72,7 +72,10 @@ def test_config_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
     cases = {("--set", "optim.lrr=0.1"): "unknown config key 'optim.lrr'; allowed: optim.name, optim.lr",
              ("--set", "run.epochs=many"): "config key 'run.epochs' must be int, got 'many'",
              ("--config", "nope"): "unknown config 'nope'",
-             ("--model", "res2net_nope"): "unknown model 'res2net_nope'"}
+             ("--model", "res2net_nope"): "unknown model 'res2net_nope'",
+             ("--set", "data.train_sizes=[20,4]"): "data.train_sizes must be a non-empty list of sizes >= 8",
+             ("--dataset", "imagefolder", "--data-dir", ".", "--set", "data.train_sizes=[20]"):
+                 "data.train_sizes (progressive resizing) applies to the in-memory sets"}
     for argv, expected in cases.items():
         assert main(["train", *argv]) == 2
         err = capsys.readouterr().err.strip()
@@ -155,3 +158,23 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     state = torch.load(tmp_path / "out0" / "last.pt", weights_only=True)
     assert state["sampler"]["world_size"] == 2 and state["global_step"] == 4  # 128 / (2 x 16) steps
     assert _same(state["model"], w0)
+
+
+@needs_fmnist
+def test_progressive_resizing_trains_at_the_scheduled_size() -> None:
+    from types import SimpleNamespace
+    from res2net.engine import load_config
+    from res2net.tasks.classification import ClassificationConfig, ClassificationTask, load_data
+
+    cfg = load_config(ClassificationConfig, "fashion_mnist", ["data.train_subset=64", "data.test_subset=16",
+                                                              "data.train_sizes=[16,28]"])
+    task = ClassificationTask(MODEL, cfg, load_data(cfg.data, MODEL, cfg.run.seed))
+    batch = task.data.train.__getitems__(list(range(8)))
+    ctx = SimpleNamespace(to_device=lambda b: b, channels_last=True, epoch=0)
+    sizes = []
+    for epoch, train in ((0, True), (0, False), (1, True), (5, True)):
+        ctx.epoch = epoch
+        images, labels = task.prepare_batch(batch, ctx, train)  # type: ignore[arg-type]
+        assert images.is_contiguous(memory_format=torch.channels_last) and labels.shape == (8,)
+        sizes.append(images.shape[-1])
+    assert sizes == [16, 28, 28, 28]  # evaluation always at the native 28 px

@@ -237,6 +237,10 @@ def _build_cases(cfg: BenchConfig, device: torch.device) -> List[_Case]:
                         ck = ck.to(device, memory_format=torch.channels_last)
                         add("ours-ckpt", "channels_last", "train", ck.train(), xcl, amp, flops["ours"])
                     if timm_m is not None:
+                        if dtype == torch.float32:  # timm as shipped: NCHW fp32
+                            shipped = _timm_model(name, ours, n_cls)
+                            assert shipped is not None
+                            add("timm", "nchw", "train", shipped.to(device).train(), x, None, flops["ours"])
                         tt = _timm_model(name, ours, n_cls)
                         assert tt is not None
                         tt = tt.to(device, memory_format=torch.channels_last).train()

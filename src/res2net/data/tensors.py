@@ -74,3 +74,20 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
+
+
+def epoch_size(sizes: Sequence[int], epoch: int) -> int:
+    """The training resolution of ``epoch`` (0-based) in a progressive-resizing schedule: ``sizes[epoch]``,
+    the last entry for every later epoch."""
+    if not sizes:
+        raise ValueError("a progressive-resizing schedule needs at least one size")
+    return int(sizes[min(epoch, len(sizes) - 1)])
+
+
+def resize_batch(images: Tensor, size: int) -> Tensor:
+    """Resize a float batch ``(N, C, H, W)`` to ``size x size`` (bilinear, antialiased when shrinking); the
+    batch is returned as is when it already has that size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=size < max(images.shape[-2:]))

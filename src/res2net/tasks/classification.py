@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data import (TensorImageDataset, batch_collate, classification_transforms, image_folder_split,
-                    load_cifar100, load_fashion_mnist, normalize, random_crop_flip, skip_collate)
+                    epoch_size, load_cifar100, load_fashion_mnist, normalize, random_crop_flip, resize_batch,
+                    skip_collate)
 from ..data import fashion_mnist as fmnist
 from ..data.images import warn_bad_files
 from ..engine import (Context, FitResult, OptimConfig, RunConfig, SchedConfig, Task, add_engine_args,
@@ -57,6 +58,8 @@ class DataSection:
     input_size: Optional[int] = None  # imagefolder: crop size (default: the model card's)
     crop_padding: int = 4  # in-memory sets: zero padding of the random crop (0: no crop)
     flip: bool = True  # in-memory sets: random horizontal flip
+    train_sizes: Optional[List[int]] = None  # in-memory sets: training resolution per epoch (progressive
+    # resizing; the last entry holds for the remaining epochs); evaluation stays at the native size
     download: bool = True  # fashion-mnist: torchvision download when the files are absent
 
 
@@ -107,6 +110,12 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> Classificatio
     card = get_spec(model_name)
     if cfg.dataset not in DATASETS:
         raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)}; got {cfg.dataset!r}")
+    if cfg.train_sizes is not None:
+        if cfg.dataset == "imagefolder":
+            raise ConfigError("data.train_sizes (progressive resizing) applies to the in-memory sets "
+                              "(fashion-mnist, cifar100); image folders take data.input_size")
+        if not cfg.train_sizes or any(s < 8 for s in cfg.train_sizes):
+            raise ConfigError(f"data.train_sizes must be a non-empty list of sizes >= 8; got {cfg.train_sizes}")
     if cfg.dataset in ("fashion-mnist", "cifar100"):
         sets = _tensor_sets(cfg.dataset, cfg.data_dir, cfg.download)
         train, test = sets["train"], sets["test"]
@@ -169,6 +178,8 @@ class ClassificationTask(Task):
             if train:
                 images = random_crop_flip(images, self.cfg.data.crop_padding, self.cfg.data.flip)
             images = normalize(images, self.data.mean, self.data.std)
+            if train and self.cfg.data.train_sizes:
+                images = resize_batch(images, epoch_size(self.cfg.data.train_sizes, ctx.epoch))
             if ctx.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             return images, labels
