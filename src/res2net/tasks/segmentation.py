@@ -20,6 +20,7 @@ from torchvision.utils import draw_segmentation_masks
 from ..data.dense import (IGNORE_INDEX, VOC_CLASSES, MaskFolder, dense_transforms, read_class_list,
                           segmentation_pairs)
 from ..data.scenes import voc_palette
+from .. import layers
 from ..errors import ConfigError
 from .dense_common import (DenseModelConfig, DenseTask, Normalize, build_backbone, check_classes, dense_config,
                            save_png, to_uint8)
@@ -38,7 +39,8 @@ SegmentationConfig = dense_config(SegmentationModelConfig)
 
 
 def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
+    """A head's conv (no bias) + BatchNorm + ReLU, from the zoo's one definition (:func:`layers.conv_bn_relu`)."""
+    return nn.Sequential(*layers.conv_bn_relu(cin, cout, k))
 
 
 class DeepLabV3Plus(nn.Module):
