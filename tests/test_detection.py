@@ -160,6 +160,26 @@ def test_head_sizes_reach_torchvision():
     assert model.roi_heads.box_head.fc6.in_features == 96 * 7 * 7
 
 
+@pytest.mark.parametrize("head", ["faster", "mask"])
+def test_default_heads_have_torchvisions_layout(head):
+    """With the default keys our explicitly built heads have exactly the modules and parameter shapes that
+    torchvision builds from ``num_classes`` (checkpoints keep loading), and the sizing keys reach them."""
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+
+    ours = build_detector(DetectionModelConfig(name="res2net26_lite", head=head), num_classes=5, image_size=128)
+    cls = MaskRCNN if head == "mask" else FasterRCNN
+    ref = cls(ours.backbone, num_classes=5, rpn_anchor_generator=ours.rpn.anchor_generator)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    cfg = DetectionModelConfig(name="res2net26_lite", head=head, anchor_base=8, anchor_scales=3, box_head_dim=256)
+    model = build_detector(cfg, num_classes=5, image_size=128)
+    assert model.rpn.anchor_generator.sizes[0] == pytest.approx((8.0, 8 * 2 ** (1 / 3), 8 * 2 ** (2 / 3)))
+    assert model.rpn.head.cls_logits.out_channels == 9  # 3 sizes x 3 aspect ratios per location
+    assert model.roi_heads.box_head.fc7.out_features == 256
+    assert model.roi_heads.box_predictor.cls_score.in_features == 256
+    with pytest.raises(ValueError, match="anchor_scales"):
+        build_detector(DetectionModelConfig(name="res2net26_lite", anchor_scales=0), num_classes=5, image_size=128)
+
+
 def test_trainable_layers_out_of_range():
     with pytest.raises(ValueError, match="trainable_layers must be in \\[0, 5\\]"):
         build_detector(DetectionModelConfig(trainable_layers=6), num_classes=3, image_size=64)

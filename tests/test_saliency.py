@@ -72,3 +72,31 @@ def test_saliency_cli_end_to_end(tmp_path):
     assert main(["saliency", "predict", "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "pred"),
                  "--input", str(out / "data" / "saliency" / "val" / "images")]) == 0
     assert len(list((tmp_path / "pred").glob("*_sal.png"))) == 2
+
+
+@pytest.mark.slow
+def test_saliency_train_under_torchrun_two_cpu_processes(tmp_path):
+    """Dense tasks on the shared engine under DDP: rank 0 alone generates the scenes (the others wait at a
+    barrier) and writes the checkpoint and metrics; the step count follows the global batch."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    out = tmp_path / "run"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "res2net.cli", "saliency", "train",
+           "--model", "res2net26_lite", "--data", "synthetic", "--steps", "2", "--batch-size", "2",
+           "--image-size", "64", "--quiet", "--out", str(out), "--set", "data.synthetic_train=8",
+           "--set", "data.synthetic_val=2", "--set", "model.side_channels=16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1  # one rank reports
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"max_f", "adaptive_f", "mae"}
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["sampler"]["world_size"] == 2 and state["global_step"] == 2
+    scenes = json.loads((out / "data" / "scenes.json").read_text())
+    assert scenes["n_train"] == 8 and len(list((out / "data" / "saliency" / "train" / "images").iterdir())) == 8

@@ -59,12 +59,18 @@ def select_amp(name: str, device: torch.device) -> Optional[torch.dtype]:
     return choices[name]
 
 
+def dist_info_from_env() -> DistInfo:
+    """This process's rank and world size as ``torchrun`` describes them (RANK, WORLD_SIZE, LOCAL_RANK);
+    rank 0 of 1 without them. Joins no group."""
+    return DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE, RANK, ...).
     A single process (no WORLD_SIZE or WORLD_SIZE=1) needs no group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world,
-                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    info = dist_info_from_env()
+    world = info.world_size
     if world > 1 and not dist.is_initialized():
         device = select_device(device_name, info.local_rank)
         backend = "nccl" if device.type == "cuda" else "gloo"

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from ..data.dense import IMAGE_EXTS, load_rgb
 from ..data.scenes import generate_scenes
 from ..engine import OptimConfig, RunConfig, SchedConfig, Task, load_config
+from ..engine.distributed import barrier, dist_info_from_env
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import create_model, get_spec
 
@@ -181,9 +182,13 @@ class DenseTask(Task):
         wanted = {"n_train": d.synthetic_train, "n_val": d.synthetic_val, "size": d.image_size,
                   "seed": d.synthetic_seed}
         meta = base / "scenes.json"
-        have = json.loads(meta.read_text()) if meta.is_file() else {}
-        if any(have.get(k) != v for k, v in wanted.items()) or not (base / self.data_format).is_dir():
-            generate_scenes(base, d.synthetic_train, d.synthetic_val, size=d.image_size, seed=d.synthetic_seed)
+        info = dist_info_from_env()  # under torchrun rank 0 writes the scenes while the others wait
+        if info.is_main:
+            have = json.loads(meta.read_text()) if meta.is_file() else {}
+            if any(have.get(k) != v for k, v in wanted.items()) or not (base / self.data_format).is_dir():
+                generate_scenes(base, d.synthetic_train, d.synthetic_val, size=d.image_size,
+                                seed=d.synthetic_seed)
+        barrier(info)
         return base / self.data_format
 
     def make_datasets(self, root: Path, train: bool) -> Dataset:
@@ -195,8 +200,9 @@ class DenseTask(Task):
         train_set = self.make_datasets(root, train=True)
         val_set = self.make_datasets(root, train=False)
         self.record_skips(train=train_set, val=val_set)
-        if self.cfg.data.steps > 0:
-            train_set = Repeat(train_set, self.cfg.data.steps * self.cfg.optim.batch_size)
+        if self.cfg.data.steps > 0:  # N optimizer steps of the global batch (every rank takes N batches)
+            world = dist_info_from_env().world_size
+            train_set = Repeat(train_set, self.cfg.data.steps * self.cfg.optim.batch_size * world)
         return train_set, val_set
 
     def record_skips(self, **sets: Dataset) -> None:

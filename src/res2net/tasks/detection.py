@@ -18,6 +18,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FeaturePyramidNetwork, box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
@@ -40,6 +43,8 @@ class DetectionModelConfig(DenseModelConfig):
 
     head: str = "faster"  # faster (Faster R-CNN) | mask (Mask R-CNN)
     anchor_base: float = 0.0  # smallest anchor (doubling per FPN level); 0 = 32 * image_size / 800
+    anchor_scales: int = 1  # anchor sizes per FPN level: base x 2^(k / anchor_scales), k < anchor_scales
+    box_head_dim: int = 1024  # width of the two-layer MLP box head (torchvision's TwoMLPHead)
     fpn_channels: int = 256  # FPN output channels (what the RPN and box heads read)
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
@@ -76,24 +81,37 @@ class Res2NetFPN(nn.Module):
 def build_detector(cfg: DetectionModelConfig, num_classes: int, image_size: int) -> nn.Module:
     """Faster R-CNN or Mask R-CNN (``cfg.head``) with a Res2Net + FPN backbone; ``num_classes`` includes the
     background. Images are resized so the short side is ``image_size`` (long side <= 1333/800 of it) and
-    normalised with the backbone's mean/std; anchors are torchvision's scaled by ``image_size / 800``."""
+    normalised with the backbone's mean/std; anchors are torchvision's scaled by ``image_size / 800``
+    (``anchor_scales`` > 1 adds octave sizes per level, as RetinaNet); the box head is torchvision's
+    TwoMLPHead of width ``box_head_dim``. With the defaults the modules and state_dict equal torchvision's."""
     if cfg.head not in HEADS:
         raise ConfigError(f"model.head must be one of {HEADS}, got {cfg.head!r}")
+    if cfg.anchor_scales < 1 or cfg.box_head_dim < 1:
+        raise ConfigError(f"model.anchor_scales and model.box_head_dim must be >= 1, got {cfg.anchor_scales} "
+                          f"and {cfg.box_head_dim}")
     spec = get_spec(cfg.name)
     backbone = Res2NetFPN(build_backbone(cfg, out_indices=(1, 2, 3, 4)), out_channels=cfg.fpn_channels)
     base = cfg.anchor_base or 32.0 * image_size / 800.0
-    sizes = tuple((max(2.0, base * 2 ** i),) for i in range(5))
+    sizes = tuple(tuple(max(2.0, base * 2 ** (i + k / cfg.anchor_scales)) for k in range(cfg.anchor_scales))
+                  for i in range(5))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
-    cls = MaskRCNN if cfg.head == "mask" else FasterRCNN
-    return cls(backbone, num_classes=num_classes, min_size=image_size, max_size=int(image_size * 1333 / 800),
+    resolution = 7  # torchvision's RoI-align output for the box head
+    box_head = TwoMLPHead(cfg.fpn_channels * resolution ** 2, cfg.box_head_dim)
+    box_predictor = FastRCNNPredictor(cfg.box_head_dim, num_classes)
+    cls, extra = FasterRCNN, {}
+    if cfg.head == "mask":  # torchvision's default mask predictor (256 -> 256 -> classes), built here because
+        cls, extra = MaskRCNN, {"mask_predictor": MaskRCNNPredictor(256, 256, num_classes)}  # num_classes=None
+    return cls(backbone, num_classes=None, min_size=image_size, max_size=int(image_size * 1333 / 800),
                image_mean=list(spec.mean), image_std=list(spec.std), rpn_anchor_generator=anchors,
+               rpn_head=RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
+               box_head=box_head, box_predictor=box_predictor,
                rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
                rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
                rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
                rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
                box_batch_size_per_image=cfg.box_batch_size_per_image, box_score_thresh=cfg.box_score_thresh,
-               box_detections_per_img=cfg.box_detections_per_img)
+               box_detections_per_img=cfg.box_detections_per_img, **extra)
 
 
 # ---- VOC07 ---------------------------------------------------------------------------------------------------
