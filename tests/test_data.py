@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from res2net.data import (TensorImageDataset, classification_transforms, epoch_size, image_folder_split,
-                          load_cifar100, load_fashion_mnist, open_image, random_crop_flip, resize_batch,
+from res2net.data import (TensorImageDataset, classification_transforms, image_folder_split, load_cifar100,
+                          load_fashion_mnist, open_image, progressive_size, random_crop_flip, resize_batch,
                           skip_collate)
 from res2net.data import fashion_mnist as fm
 from res2net.errors import DataError
@@ -80,9 +80,14 @@ def test_random_crop_flip() -> None:
 
 
 def test_progressive_resizing_schedule_and_resize() -> None:
-    assert [epoch_size([20, 24, 28], e) for e in range(5)] == [20, 24, 28, 28, 28]
+    fmnist = [0.5714, 0.7143, 0.8571, 1.0]  # the default recipe's scales of 28 px
+    assert [progressive_size(28, fmnist, e, 4) for e in range(4)] == [16, 20, 24, 28]
+    assert [progressive_size(28, fmnist, e, 8) for e in range(8)] == [16, 16, 20, 20, 24, 24, 28, 28]
+    assert [progressive_size(28, fmnist, e, 2) for e in range(2)] == [16, 28]  # the last epoch: native
+    assert progressive_size(28, fmnist, 0, 1) == 28
+    assert [progressive_size(224, [0.5, 0.75, 1.0], e, 5) for e in range(5)] == [112, 168, 168, 224, 224]
     with pytest.raises(ValueError):
-        epoch_size([], 0)
+        progressive_size(28, [], 0, 4)
     x = torch.rand(3, 2, 28, 28)
     assert resize_batch(x, 28) is x
     from torchvision.transforms.v2 import functional as TF

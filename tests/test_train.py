@@ -73,9 +73,7 @@ def test_config_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
              ("--set", "run.epochs=many"): "config key 'run.epochs' must be int, got 'many'",
              ("--config", "nope"): "unknown config 'nope'",
              ("--model", "res2net_nope"): "unknown model 'res2net_nope'",
-             ("--set", "data.train_sizes=[20,4]"): "data.train_sizes must be a non-empty list of sizes >= 8",
-             ("--dataset", "imagefolder", "--data-dir", ".", "--set", "data.train_sizes=[20]"):
-                 "data.train_sizes (progressive resizing) applies to the in-memory sets"}
+             ("--set", "data.train_scales=[0.5,0]"): "data.train_scales must be a non-empty list of fractions"}
     for argv, expected in cases.items():
         assert main(["train", *argv]) == 2
         err = capsys.readouterr().err.strip()
@@ -167,14 +165,15 @@ def test_progressive_resizing_trains_at_the_scheduled_size() -> None:
     from res2net.tasks.classification import ClassificationConfig, ClassificationTask, load_data
 
     cfg = load_config(ClassificationConfig, "fashion_mnist", ["data.train_subset=64", "data.test_subset=16",
-                                                              "data.train_sizes=[16,28]"])
+                                                              "data.train_scales=[0.5715,1.0]",
+                                                              "run.epochs=3"])
     task = ClassificationTask(MODEL, cfg, load_data(cfg.data, MODEL, cfg.run.seed))
     batch = task.data.train.__getitems__(list(range(8)))
     ctx = SimpleNamespace(to_device=lambda b: b, channels_last=True, epoch=0)
     sizes = []
-    for epoch, train in ((0, True), (0, False), (1, True), (5, True)):
+    for epoch, train in ((0, True), (0, False), (1, True), (2, True)):
         ctx.epoch = epoch
         images, labels = task.prepare_batch(batch, ctx, train)  # type: ignore[arg-type]
         assert images.is_contiguous(memory_format=torch.channels_last) and labels.shape == (8,)
         sizes.append(images.shape[-1])
-    assert sizes == [16, 28, 28, 28]  # evaluation always at the native 28 px
+    assert sizes == [16, 28, 28, 28]  # 3 epochs over 2 scales: 16, 28, 28 px; evaluation always at 28 px

@@ -76,18 +76,21 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     return (x - m) / s
 
 
-def epoch_size(sizes: Sequence[int], epoch: int) -> int:
-    """The training resolution of ``epoch`` (0-based) in a progressive-resizing schedule: ``sizes[epoch]``,
-    the last entry for every later epoch."""
-    if not sizes:
-        raise ValueError("a progressive-resizing schedule needs at least one size")
-    return int(sizes[min(epoch, len(sizes) - 1)])
+def progressive_size(native: int, scales: Sequence[float], epoch: int, epochs: int) -> int:
+    """The training resolution of ``epoch`` (0-based) of ``epochs`` under progressive resizing: the
+    ``scales`` (fractions of the ``native`` size) are spread evenly over the run, the first epoch taking the
+    first and the last epoch the last; the size is ``round(native x scale)``, at least 8 px."""
+    if not scales:
+        raise ValueError("a progressive-resizing schedule needs at least one scale")
+    n = len(scales)
+    index = n - 1 if epochs <= 1 else min(n - 1, int(epoch * (n - 1) / (epochs - 1) + 0.5))
+    return max(8, int(round(native * scales[index])))
 
 
 def resize_batch(images: Tensor, size: int) -> Tensor:
     """Resize a float batch ``(N, C, H, W)`` to ``size x size`` (bilinear, antialiased when shrinking); the
-    batch is returned as is when it already has that size."""
-    if images.shape[-2:] == (size, size):
+    batch is returned as is when it already has that size (or holds no image)."""
+    if images.shape[-2:] == (size, size) or images.numel() == 0:
         return images
     return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
                                            antialias=size < max(images.shape[-2:]))

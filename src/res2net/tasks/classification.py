@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data import (TensorImageDataset, batch_collate, classification_transforms, image_folder_split,
-                    epoch_size, load_cifar100, load_fashion_mnist, normalize, random_crop_flip, resize_batch,
+                    load_cifar100, load_fashion_mnist, normalize, progressive_size, random_crop_flip, resize_batch,
                     skip_collate)
 from ..data import fashion_mnist as fmnist
 from ..data.images import warn_bad_files
@@ -58,8 +58,9 @@ class DataSection:
     input_size: Optional[int] = None  # imagefolder: crop size (default: the model card's)
     crop_padding: int = 4  # in-memory sets: zero padding of the random crop (0: no crop)
     flip: bool = True  # in-memory sets: random horizontal flip
-    train_sizes: Optional[List[int]] = None  # in-memory sets: training resolution per epoch (progressive
-    # resizing; the last entry holds for the remaining epochs); evaluation stays at the native size
+    train_scales: Optional[List[float]] = None  # progressive resizing: training batches resized to these
+    # fractions of the native size, spread over the run (first epoch the first, last epoch the last);
+    # evaluation always at the native size
     download: bool = True  # fashion-mnist: torchvision download when the files are absent
 
 
@@ -110,12 +111,9 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> Classificatio
     card = get_spec(model_name)
     if cfg.dataset not in DATASETS:
         raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)}; got {cfg.dataset!r}")
-    if cfg.train_sizes is not None:
-        if cfg.dataset == "imagefolder":
-            raise ConfigError("data.train_sizes (progressive resizing) applies to the in-memory sets "
-                              "(fashion-mnist, cifar100); image folders take data.input_size")
-        if not cfg.train_sizes or any(s < 8 for s in cfg.train_sizes):
-            raise ConfigError(f"data.train_sizes must be a non-empty list of sizes >= 8; got {cfg.train_sizes}")
+    if cfg.train_scales is not None and (not cfg.train_scales or any(not 0 < x <= 4 for x in cfg.train_scales)):
+        raise ConfigError(f"data.train_scales must be a non-empty list of fractions of the input size in (0, 4]; "
+                          f"got {cfg.train_scales}")
     if cfg.dataset in ("fashion-mnist", "cifar100"):
         sets = _tensor_sets(cfg.dataset, cfg.data_dir, cfg.download)
         train, test = sets["train"], sets["test"]
@@ -178,14 +176,16 @@ class ClassificationTask(Task):
             if train:
                 images = random_crop_flip(images, self.cfg.data.crop_padding, self.cfg.data.flip)
             images = normalize(images, self.data.mean, self.data.std)
-            if train and self.cfg.data.train_sizes:
-                images = resize_batch(images, epoch_size(self.cfg.data.train_sizes, ctx.epoch))
-            if ctx.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            return images, labels
-        images, labels, bad = batch
-        warn_bad_files(bad, self.skipped)
-        return ctx.to_device((images, labels))
+        else:
+            images, labels, bad = batch
+            warn_bad_files(bad, self.skipped)
+            images, labels = ctx.to_device((images, labels))
+        if train and self.cfg.data.train_scales:
+            size = progressive_size(self.data.input_size, self.cfg.data.train_scales, ctx.epoch, self.cfg.run.epochs)
+            images = resize_batch(images, size)
+        if ctx.channels_last and images.dim() == 4:  # (an all-unreadable image-folder batch is empty)
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
 
     def training_step(self, model: nn.Module, batch: Tuple[Tensor, Tensor], ctx: Context
                       ) -> Tuple[Tensor, Dict[str, float]]:
