@@ -111,7 +111,7 @@ def test_bench_smoke(tmp_path) -> None:
     from res2net.bench import BenchConfig, format_markdown, run_bench, write_report
 
     cfg = BenchConfig(models=["resnet20_cifar"], batch_sizes=[2], dtypes=["fp32"], train=True, peers=False,
-                      grad_checkpointing=True, repeats=1, warmup=0, probe_size=128)
+                      grad_checkpointing=True, repeats=1, warmup=0, train_warmup=0, probe_size=128)
     report = run_bench(cfg, log=lambda s: None)
     rows = {(r["impl"], r["mode"]): r for r in report["results"]}
     assert {("probe", "probe"), ("ours", "infer"), ("ours-optimized", "infer"), ("ours", "train"),

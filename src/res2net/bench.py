@@ -44,6 +44,7 @@ class BenchConfig:
     grad_checkpointing: bool = False
     repeats: int = 3
     warmup: int = 1
+    train_warmup: int = 5  # training steps reach their steady time only after a few (oneDNN, momentum, allocator)
     input_size: Optional[int] = None
     probe_size: int = 4096
     memory: bool = True
@@ -266,7 +267,8 @@ def _probe_cases(cfg: BenchConfig, device: torch.device) -> List[_Case]:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Measure every case interleaved over ``cfg.repeats`` rounds; returns the JSON-able report."""
-    for arg, value, low in (("repeats", cfg.repeats, 1), ("warmup", cfg.warmup, 0), ("probe_size", cfg.probe_size, 64)):
+    for arg, value, low in (("repeats", cfg.repeats, 1), ("warmup", cfg.warmup, 0), ("train_warmup", cfg.train_warmup, 0),
+                            ("probe_size", cfg.probe_size, 64)):
         if value < low:
             raise ConfigError(f"{arg} must be >= {low}, got {value}")
     bad = [d for d in cfg.dtypes if d not in DTYPES]
@@ -281,10 +283,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
         raise ConfigError("device: cuda requested but torch.cuda.is_available() is False")
     torch.manual_seed(0)
     cases = _probe_cases(cfg, device) + _build_cases(cfg, device)
-    log(f"{len(cases)} cases, {cfg.warmup} warm-up + {cfg.repeats} interleaved rounds on {device}")
-    for _ in range(cfg.warmup):
+    log(f"{len(cases)} cases, {cfg.warmup} warm-up ({max(cfg.warmup, cfg.train_warmup)} for training steps) + "
+        f"{cfg.repeats} interleaved rounds on {device}")
+    for r in range(max(cfg.warmup, cfg.train_warmup)):
         for case in cases:
-            case.step()
+            if r < (cfg.train_warmup if case.result.mode == "train" else cfg.warmup):
+                case.step()
     for r in range(cfg.repeats):
         for case in cases:
             _sync(device)
@@ -413,6 +417,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--train-warmup", type=int, default=5,
+                   help="untimed training steps per training case first (a training step needs a few to settle)")
     p.add_argument("--input-size", type=int, default=None, help="default: each model card's")
     p.add_argument("--num-classes", type=int, default=None, help="default: each model card's")
     p.add_argument("--probe-size", type=int, default=4096, help="matmul probe size N (N x N @ N x N)")
@@ -426,7 +432,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(models=args.models, batch_sizes=args.batch_sizes, dtypes=args.dtypes,
                        train=args.train or args.train_only, infer=not args.train_only, peers=not args.no_peers,
                        compile=args.compile, grad_checkpointing=args.grad_checkpointing, repeats=args.repeats,
-                       warmup=args.warmup, input_size=args.input_size, probe_size=args.probe_size,
+                       warmup=args.warmup, train_warmup=args.train_warmup, input_size=args.input_size,
+                       probe_size=args.probe_size,
                        memory=not args.no_memory, device=args.device, num_classes=args.num_classes)
 
 
