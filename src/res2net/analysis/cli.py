@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from .common import build_model, md_table, out_dir, preprocessing, sample_images, write_csv, write_json
+from .common import md_table, out_dir, sample_images, trained_model, write_csv, write_json
 
 
 def _command(name: str) -> str:
@@ -74,8 +74,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     shown = None
     for name, ckpt in [(args.model, args.checkpoint)] + ([(args.compare, args.compare_checkpoint)]
                                                         if args.compare else []):
-        model = build_model(name, ckpt)
-        trained_size, mean, std = preprocessing(name, ckpt)
+        model, trained_size, mean, std = trained_model(name, ckpt)
         size = args.input_size or trained_size
         images = [(n, resize_center(img, size, model.in_chans)) for n, img in raw]
         if model.in_chans != len(mean):
@@ -128,8 +127,7 @@ def cmd_receptive_field(args: argparse.Namespace) -> int:
     erf_rows: List[Dict[str, Any]] = []
     photos = [img for _, img in sample_images()][: args.images]
     for name, ckpt in [(args.name, args.checkpoint)] + ([(baseline, args.baseline_checkpoint)] if baseline else []):
-        model = build_model(name, ckpt)
-        trained_size, mean, std = preprocessing(name, ckpt)
+        model, trained_size, mean, std = trained_model(name, ckpt)
         size = args.input_size or trained_size
         x = erf_inputs(photos, size, model.in_chans, mean, std)
         maps = effective_rf(model, x)

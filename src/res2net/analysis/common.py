@@ -108,11 +108,13 @@ def resize_center(img: Tensor, size: int, in_chans: int = 3) -> Tensor:
     return img.clamp(0, 1)
 
 
-def checkpoint_shape(path: str | Path) -> Tuple[int, int, Dict[str, Tensor]]:
-    """(in_chans, num_classes, state_dict) of a checkpoint of ours (``res2net train``) or a bare state_dict."""
+def checkpoint_shape(path: str | Path, loaded: Optional[Dict[str, Any]] = None
+                     ) -> Tuple[int, int, Dict[str, Tensor]]:
+    """(in_chans, num_classes, state_dict) of a checkpoint of ours (``res2net train``) or a bare state_dict;
+    ``loaded``: the file's contents when already read."""
     from ..engine import load_checkpoint, model_state
 
-    state = model_state(load_checkpoint(path))
+    state = model_state(loaded if loaded is not None else load_checkpoint(path))
     conv = next((v for k, v in state.items() if k.startswith("conv1") and k.endswith("weight") and v.ndim == 4),
                 None)
     fc = state.get("fc.weight")
@@ -121,17 +123,19 @@ def checkpoint_shape(path: str | Path) -> Tuple[int, int, Dict[str, Tensor]]:
     return int(conv.shape[1]), int(fc.shape[0]), state
 
 
-def preprocessing(name: str, checkpoint: Optional[str | Path] = None
+def preprocessing(name: str, checkpoint: Optional[str | Path] = None, loaded: Optional[Dict[str, Any]] = None
                   ) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:
     """(input size, mean, std) the model expects: those its training run used, read from the config that
     ``res2net train`` saves in its checkpoints (Fashion-MNIST: 28 px with the data set's statistics), else the
-    model card's."""
+    model card's. ``loaded``: the checkpoint's contents when already read."""
     from ..engine import load_checkpoint
     from ..models import get_spec
     from ..tasks.classification import dataset_normalization
 
     size = get_spec(name).input_size
-    config = load_checkpoint(checkpoint).get("config") if checkpoint is not None else None
+    if loaded is None and checkpoint is not None:
+        loaded = load_checkpoint(checkpoint)
+    config = loaded.get("config") if loaded is not None else None
     data = config.get("data", {}) if isinstance(config, dict) else {}
     dataset = data.get("dataset", "")
     mean, std = dataset_normalization(dataset, name)
@@ -139,17 +143,28 @@ def preprocessing(name: str, checkpoint: Optional[str | Path] = None
     return int(sizes.get(dataset) or data.get("input_size") or size), mean, std
 
 
-def build_model(name: str, checkpoint: Optional[str | Path] = None) -> nn.Module:
-    """A named model in eval mode: with ``checkpoint`` (its in_chans/classes are read from the file), else
-    random weights."""
+def build_model(name: str, checkpoint: Optional[str | Path] = None, loaded: Optional[Dict[str, Any]] = None
+                ) -> nn.Module:
+    """A named model in eval mode: with ``checkpoint`` (its in_chans/classes are read from the file, or from
+    ``loaded``, its contents when already read), else random weights."""
     from ..models import create_model
 
     if checkpoint is None:
         return create_model(name).eval()
-    in_chans, num_classes, state = checkpoint_shape(checkpoint)
+    in_chans, num_classes, state = checkpoint_shape(checkpoint, loaded)
     model = create_model(name, in_chans=in_chans, num_classes=num_classes)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {checkpoint} does not fit {name}: {str(exc).splitlines()[0]}") from None
     return model.eval()
+
+
+def trained_model(name: str, checkpoint: Optional[str | Path] = None
+                  ) -> Tuple[nn.Module, int, Tuple[float, ...], Tuple[float, ...]]:
+    """:func:`build_model` and :func:`preprocessing` from one read of ``checkpoint``:
+    (model, input size, mean, std)."""
+    from ..engine import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint) if checkpoint is not None else None
+    return (build_model(name, checkpoint, loaded), *preprocessing(name, checkpoint, loaded))
