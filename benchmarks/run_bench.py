@@ -115,6 +115,22 @@ def targets(reports: Dict[str, Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def run_suite(suite: str, repeats: int, out: Path) -> Dict[str, Any]:
+    """One suite in this process (with the allocator setting, as the res2net command runs); writes
+    ``<out>/<suite>.json|md`` and returns the report."""
+    keep_freed_memory()
+    bench_parser = argparse.ArgumentParser()
+    add_arguments(bench_parser)
+    rounds = str(max(repeats, MIN_REPEATS.get(suite, 1)))
+    bench_args = bench_parser.parse_args(SUITES[suite] + ["--repeats", rounds])
+    print(f"== {suite}: res2net bench {' '.join(SUITES[suite])} --repeats {rounds}", flush=True)
+    report = run_bench(config_from_args(bench_args), log=lambda s: print(s, flush=True))
+    report["command"] = "res2net bench " + " ".join(SUITES[suite]) + f" --repeats {rounds}"
+    write_report(report, out, stem=suite)
+    print(format_markdown(report), flush=True)
+    return report
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suites", default="main,scales,train,cifar", help=f"comma-separated from {list(SUITES)}")
@@ -122,27 +138,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     suites = [s for s in args.suites.split(",") if s]
+    if not suites:
+        p.error("--suites: name at least one suite")
     for suite in suites:
         if suite not in SUITES:
             p.error(f"--suites: unknown suite {suite!r}; choose from {list(SUITES)}")
     reports: Dict[str, Dict[str, Any]] = {}
-    if len(suites) > 1:  # one fresh process per suite
+    if len(suites) > 1:  # one fresh process per suite, each writing <out>/<suite>.json
         for suite in suites:
             subprocess.run([sys.executable, __file__, "--suites", suite, "--repeats", args.repeats, "--out",
                             str(args.out)], check=True)
             reports[suite] = json.loads((args.out / f"{suite}.json").read_text())
-        suites = []
-    keep_freed_memory()  # as the res2net command does: every row of every suite runs with it
-    for suite in suites:
-        bench_parser = argparse.ArgumentParser()
-        add_arguments(bench_parser)
-        repeats = str(max(int(args.repeats), MIN_REPEATS.get(suite, 1)))
-        bench_args = bench_parser.parse_args(SUITES[suite] + ["--repeats", repeats])
-        print(f"== {suite}: res2net bench {' '.join(SUITES[suite])} --repeats {repeats}", flush=True)
-        reports[suite] = run_bench(config_from_args(bench_args), log=lambda s: print(s, flush=True))
-        reports[suite]["command"] = "res2net bench " + " ".join(SUITES[suite]) + f" --repeats {repeats}"
-        write_report(reports[suite], args.out, stem=suite)
-        print(format_markdown(reports[suite]), flush=True)
+    else:
+        reports[suites[0]] = run_suite(suites[0], int(args.repeats), args.out)
     summary = targets(reports)
     (args.out / "targets.md").write_text("\n".join(summary) + "\n")
     print("\n".join(summary))

@@ -267,8 +267,8 @@ def _probe_cases(cfg: BenchConfig, device: torch.device) -> List[_Case]:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Measure every case interleaved over ``cfg.repeats`` rounds; returns the JSON-able report."""
-    for arg, value, low in (("repeats", cfg.repeats, 1), ("warmup", cfg.warmup, 0), ("train_warmup", cfg.train_warmup, 0),
-                            ("probe_size", cfg.probe_size, 64)):
+    for arg, value, low in (("repeats", cfg.repeats, 1), ("warmup", cfg.warmup, 0),
+                            ("train_warmup", cfg.train_warmup, 0), ("probe_size", cfg.probe_size, 64)):
         if value < low:
             raise ConfigError(f"{arg} must be >= {low}, got {value}")
     bad = [d for d in cfg.dtypes if d not in DTYPES]
