@@ -6,6 +6,9 @@ ratio read 1.6 after the Res2Net-50 suites in one process and 1.07 alone); the t
 ratios from within one suite. Usage:
 
     .venv/bin/python benchmarks/run_bench.py [--suites main,scales,cifar,train] [--repeats 3] [--out DIR]
+
+On a machine with a CUDA GPU, ``--suites gpu-infer,gpu-train`` runs the same comparisons there (batch 256,
+bf16, channels_last, eager and torch.compile; the issue's GPU training target).
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ SUITES: Dict[str, List[str]] = {
     # small widths: CIFAR-sized Res2Net vs the same-budget ResNet, training step at batch 128, 32x32
     "cifar": ["--models", "res2net20_cifar,resnet20_cifar", "--batch-sizes", "128", "--train-only",
               "--no-peers", "--dtypes", "fp32,bf16"],
+    # GPU only (not in the default list): inference at batch 16 and 256, and the issue's GPU training target,
+    # batch 256, bf16 autocast, channels_last, eager and torch.compile, ours vs timm
+    "gpu-infer": ["--device", "cuda", "--models", "res2net50_26w_4s", "--batch-sizes", "16,256",
+                  "--dtypes", "fp32,bf16", "--compile"],
+    "gpu-train": ["--device", "cuda", "--models", "res2net50_26w_4s", "--batch-sizes", "256", "--train-only",
+                  "--dtypes", "bf16", "--compile", "--grad-checkpointing"],
 }
+DEFAULT_SUITES = "main,scales,train,cifar"  # the CPU suites
 
 # suites whose steps are short (about a second) and whose ratio is noisy run at least this many rounds
 MIN_REPEATS: Dict[str, int] = {"cifar": 8}
@@ -106,6 +116,14 @@ def targets(reports: Dict[str, Dict[str, Any]]) -> List[str]:
             if ours and ck:
                 v = 1 - ck["peak_mem_mb"] / ours["peak_mem_mb"]
                 check(f"{dtype} grad checkpointing peak-memory cut (>= 0.40)", v, v >= 0.4)
+    if "gpu-train" in reports:
+        res = reports["gpu-train"]["results"]
+        for impl, peer_key, text in (("ours", "timm_channels_last", "eager"), ("ours-compiled", "timm_compiled",
+                                                                                "torch.compile")):
+            ours = _find(res, impl=impl, mode="train", dtype="bf16")
+            v = ours["ratios"].get(peer_key) if ours else None
+            check(f"GPU training images/s, batch 256, bf16 channels_last, {text}: ours / timm's (>= 1.0)", v,
+                  v is not None and v >= 1.0)
     if "cifar" in reports:
         for dtype in ("fp32", "bf16"):
             time_ratio(f"res2net20_cifar / resnet20_cifar training step time, batch 128, {dtype}", 1.3,
@@ -133,7 +151,7 @@ def run_suite(suite: str, repeats: int, out: Path) -> Dict[str, Any]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suites", default="main,scales,train,cifar", help=f"comma-separated from {list(SUITES)}")
+    p.add_argument("--suites", default=DEFAULT_SUITES, help=f"comma-separated from {list(SUITES)}")
     p.add_argument("--repeats", default="3")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,16 @@ def model() -> torch.nn.Module:
     return m
 
 
-def test_onnx_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
+@pytest.mark.parametrize("exporter,opset", [("dynamo", 18), ("torchscript", 17)])
+def test_onnx_round_trip(model: torch.nn.Module, tmp_path: Path, exporter: str, opset: int) -> None:
     import onnx
     import onnxruntime as ort
 
     out = tmp_path / "m.onnx"
-    diffs = ex.export_model(model, out, "onnx", input_size=SIZE, dynamic_batch=True)
+    diffs = ex.export_model(model, out, "onnx", input_size=SIZE, dynamic_batch=True, exporter=exporter, opset=opset)
     assert set(diffs) == {"random", "real (skimage astronaut)", "random batch 3"}
     assert max(diffs.values()) <= 1e-4
-    assert min(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")] == [opset]
     # an independent check on a fresh input and batch size
     x = torch.randn(5, 3, SIZE, SIZE)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -42,6 +44,37 @@ def test_onnx_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
     with torch.no_grad():
         assert np.abs(model(x).numpy() - got).max() <= 1e-4
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary left behind
+
+
+def test_features_only_onnx_has_one_output_per_stage(tmp_path: Path) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    feats = res2net.create_model(NAME, features_only=True).eval()
+    diffs = ex.export_model(feats, tmp_path / "f.onnx", "onnx", input_size=SIZE)
+    names = [o.name for o in onnx.load(str(tmp_path / "f.onnx")).graph.output]
+    assert names == [f"output{i}" for i in range(len(feats(torch.zeros(1, 3, SIZE, SIZE))))] and len(names) > 1
+    assert max(diffs.values()) <= 1e-4
+
+
+def test_tolerance_scales_with_the_output(model: torch.nn.Module, tmp_path: Path) -> None:
+    """Untrained full-size models give logits in the thousands; the check is relative to the output's scale
+    there (it used to reject `res2net export res2net50_26w_4s` at 6e-4 on logits of 1270), and still catches
+    a real mismatch."""
+    big = copy.deepcopy(model)
+    with torch.no_grad():
+        big.fc.weight.mul_(1e4)
+    x = {"random": torch.randn(1, 3, SIZE, SIZE)}
+    with torch.no_grad():
+        scale = float(big(x["random"]).abs().max())
+    assert scale > 1e3
+    path = tmp_path / "big.onnx"
+    ex._write_onnx(big, x["random"], path, 18, False, "dynamo")
+    assert ex.verify_onnx(path, big, x)["random"] <= 1e-5 * scale + 1e-4
+    with torch.no_grad():
+        big.fc.bias.add_(1e-3 * scale)  # the file no longer matches the model
+    with pytest.raises(ex.ExportError, match="max abs diff"):
+        ex.verify_onnx(path, big, x)
 
 
 def test_torchscript_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
@@ -81,5 +114,10 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "--out" in capsys.readouterr().err
     assert main(["export", "resnet20_cifar", "--format", "onnx", "--opset", "13", "--out", str(out)]) == 2
     assert "opset" in capsys.readouterr().err
+    assert main(["export", "resnet20_cifar", "--format", "onnx", "--opset", "17", "--out", str(out)]) == 2
+    assert "--exporter torchscript" in capsys.readouterr().err
+    assert main(["export", "resnet20_cifar", "--format", "torchscript", "--exporter", "dynamo", "--out",
+                 str(out)]) == 2
+    assert "--exporter applies to --format onnx only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", "resnet20_cifar", "--format", "tflite", "--out", str(out)])

@@ -121,3 +121,25 @@ def test_bench_smoke(tmp_path) -> None:
     assert (tmp_path / "bench.json").exists() and "resnet20_cifar" in format_markdown(report)
     with pytest.raises(res2net.errors.ConfigError, match="dtypes"):
         run_bench(BenchConfig(dtypes=["fp16"]))
+
+
+def test_bench_compiled_rows_have_compiled_peers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile adds compiled rows for us and timm (inference and training), each compared with timm's compiled
+    row of the same mode and dtype: the GPU suites of benchmarks/run_bench.py rely on them. torch.compile itself
+    is replaced by a recorder here (compiling Res2Net-50 four times takes minutes on 2 cores; compiled training
+    and inference are checked in test_models.test_torch_compile and the bench runs)."""
+    from res2net.bench import BenchConfig, format_markdown, run_bench
+
+    compiled: list = []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(type(m).__name__) or m)
+    cfg = BenchConfig(models=["res2net50_26w_4s"], batch_sizes=[2], dtypes=["fp32"], train=True, compile=True,
+                      input_size=32, repeats=1, warmup=0, train_warmup=0, probe_size=128, memory=False)
+    report = run_bench(cfg, log=lambda s: None)
+    assert len(compiled) == 4  # ours optimized + timm (inference), ours + timm (training)
+    rows = {(r["impl"], r["mode"]): r for r in report["results"] if r["layout"] == "channels_last"}
+    for mode, ours in (("infer", "ours-optimized-compiled"), ("train", "ours-compiled")):
+        assert ("timm-compiled", mode) in rows, sorted(rows)
+        ratio = rows[(ours, mode)]["ratios"]["timm_compiled"]
+        expected = rows[(ours, mode)]["images_per_s"] / rows[("timm-compiled", mode)]["images_per_s"]
+        assert ratio == pytest.approx(expected) and ratio > 0
+    assert "x timm compiled" in format_markdown(report)

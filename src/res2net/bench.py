@@ -57,7 +57,7 @@ class Result:
     """One measured case: medians over the rounds, with derived rates and ratios."""
 
     model: str
-    impl: str  # ours | ours-optimized | timm | torchvision
+    impl: str  # ours | ours-optimized | ours-ckpt | timm | torchvision, "-compiled" when torch.compile wraps it
     layout: str  # nchw | channels_last
     dtype: str
     mode: str  # infer | train
@@ -226,6 +226,9 @@ def _build_cases(cfg: BenchConfig, device: torch.device) -> List[_Case]:
                             add("timm", "nchw", "infer", timm_m, x, None, flops["ours"])
                         tcl = copy.deepcopy(timm_m).to(memory_format=torch.channels_last)
                         add("timm", "channels_last", "infer", tcl, xcl, amp, flops["ours"])
+                        if cfg.compile:
+                            add("timm-compiled", "channels_last", "infer", torch.compile(tcl), xcl, amp,
+                                flops["ours"])
                     if tv is not None:
                         tvcl = copy.deepcopy(tv).to(memory_format=torch.channels_last)
                         add("torchvision", "channels_last", "infer", tvcl, xcl, amp, flops["tv"], PEER)
@@ -233,6 +236,9 @@ def _build_cases(cfg: BenchConfig, device: torch.device) -> List[_Case]:
                     ours_t = create_model(name, num_classes=n_cls).to(device, memory_format=torch.channels_last)
                     ours_t.load_state_dict(ours.state_dict())
                     add("ours", "channels_last", "train", ours_t.train(), xcl, amp, flops["ours"])
+                    if cfg.compile:  # a separate copy: the compiled step keeps its own optimizer state
+                        add("ours-compiled", "channels_last", "train", torch.compile(copy.deepcopy(ours_t)),
+                            xcl, amp, flops["ours"])
                     if cfg.grad_checkpointing:
                         ck = create_model(name, num_classes=n_cls, grad_checkpointing=True)
                         ck = ck.to(device, memory_format=torch.channels_last)
@@ -246,6 +252,9 @@ def _build_cases(cfg: BenchConfig, device: torch.device) -> List[_Case]:
                         assert tt is not None
                         tt = tt.to(device, memory_format=torch.channels_last).train()
                         add("timm", "channels_last", "train", tt, xcl, amp, flops["ours"])
+                        if cfg.compile:
+                            add("timm-compiled", "channels_last", "train", torch.compile(copy.deepcopy(tt)), xcl,
+                                amp, flops["ours"])
                     if tv is not None:
                         tvt = torchvision.models.resnet50(num_classes=n_cls)
                         tvt = tvt.to(device, memory_format=torch.channels_last).train()
@@ -336,6 +345,7 @@ def _derive(results: List[Result]) -> None:
 
         for key, p in (("timm_shipped_fp32", peer("timm", "nchw", "fp32", r.model)),
                        ("timm_channels_last", peer("timm", "channels_last", r.dtype, r.model)),
+                       ("timm_compiled", peer("timm-compiled", "channels_last", r.dtype, r.model)),
                        ("torchvision_resnet50", peer("torchvision", "channels_last", r.dtype))):
             if p is not None and p is not r:
                 r.ratios[key] = r.images_per_s / p.images_per_s
@@ -373,8 +383,8 @@ def format_markdown(report: Dict[str, Any]) -> str:
     lines = [f"Machine: {m.get('gpu', m['cpu'])}, {m['threads']} threads, torch {m['torch']}; "
              f"{report['date']}", "",
              "| model | impl | layout | dtype | mode | batch | ms/img | img/s | GFLOP/s | share of probe "
-             "| x timm shipped | x timm CL | x tv rn50 CL | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| x timm shipped | x timm CL | x timm compiled | x tv rn50 CL | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v: float, fmt: str = "{:.2f}") -> str:
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
@@ -382,14 +392,15 @@ def format_markdown(report: Dict[str, Any]) -> str:
     for r in report["results"]:
         rt = r["ratios"]
         if r["mode"] == "probe":
-            lines.append(f"| {r['model']} | probe | | {r['dtype']} | | | | | {r['gflops']:.0f} | 100% | | | | |")
+            lines.append(f"| {r['model']} | probe | | {r['dtype']} | | | | | {r['gflops']:.0f} | 100% | | | | | |")
             continue
         lines.append(
             f"| {r['model']} | {r['impl']} | {r['layout']} | {r['dtype']} | {r['mode']} | {r['batch']} | "
             f"{f(r['ms_per_image'], '{:.1f}')} | {f(r['images_per_s'])} | {f(r['gflops'], '{:.0f}')} | "
             f"{f(r['probe_share'] * 100 if not math.isnan(r['probe_share']) else math.nan, '{:.0f}%')} | "
             f"{f(rt.get('timm_shipped_fp32', math.nan))} | {f(rt.get('timm_channels_last', math.nan))} | "
-            f"{f(rt.get('torchvision_resnet50', math.nan))} | {f(r['peak_mem_mb'], '{:.0f}')} |")
+            f"{f(rt.get('timm_compiled', math.nan))} | {f(rt.get('torchvision_resnet50', math.nan))} | "
+            f"{f(r['peak_mem_mb'], '{:.0f}')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -412,7 +423,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", action="store_true", help="also time an SGD training step")
     p.add_argument("--train-only", action="store_true", help="time only the training step")
     p.add_argument("--grad-checkpointing", action="store_true", help="add our model with grad checkpointing (train)")
-    p.add_argument("--compile", action="store_true", help="add optimize(..., compile=True)")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile rows: optimize(..., compile=True) and compiled timm (inference); our and "
+                        "timm's training models compiled (training)")
     p.add_argument("--no-peers", action="store_true", help="skip timm and torchvision")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (median reported)")
