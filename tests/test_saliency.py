@@ -9,6 +9,7 @@ import torch
 from py_sod_metrics import MAE, Fmeasure
 
 from res2net.cli import main
+from res2net.errors import DataError
 from res2net.tasks.saliency import DSSNet, SaliencyMeter, SaliencyModelConfig
 
 
@@ -100,3 +101,23 @@ def test_saliency_train_under_torchrun_two_cpu_processes(tmp_path):
     assert state["sampler"]["world_size"] == 2 and state["global_step"] == 2
     scenes = json.loads((out / "data" / "scenes.json").read_text())
     assert scenes["n_train"] == 8 and len(list((out / "data" / "saliency" / "train" / "images").iterdir())) == 8
+
+
+def test_steps_count_global_batches_from_the_trainers_dist_info(tmp_path):
+    """`--steps N` repeats the training set to N x batch x world size samples, with the world size the Trainer
+    hands the task (task.dist), and only rank 0 writes the generated scenes."""
+    from res2net.engine import load_config
+    from res2net.engine.distributed import DistInfo
+    from res2net.tasks.saliency import SaliencyConfig, SaliencyTask
+
+    cfg = load_config(SaliencyConfig, None, ["data.synthetic=true", "data.steps=3", "optim.batch_size=2",
+                                             "data.synthetic_train=4", "data.synthetic_val=2", "data.image_size=32"])
+    other_rank = SaliencyTask(cfg, tmp_path)
+    other_rank.dist = DistInfo(rank=1, world_size=4)
+    with pytest.raises(DataError, match="saliency data folder not found"):  # rank 1 waits for rank 0's scenes: none were written
+        other_rank.build_datasets()
+    task = SaliencyTask(cfg, tmp_path)
+    assert task.dist == DistInfo()  # a single process outside torchrun
+    task.dist = DistInfo(rank=0, world_size=4)
+    train_set, val_set = task.build_datasets()
+    assert len(train_set) == 3 * 2 * 4 and len(val_set) == 2

@@ -79,6 +79,8 @@ class Task(ABC):
     primary_metric: str = "loss"  # key of evaluate()'s result that selects best.pt
     higher_is_better: bool = False
     collate_fn: Optional[Callable[[Any], Any]] = None  # for the DataLoader; None: torch's default_collate
+    # this process's rank and world size; the Trainer sets it (to its own DistInfo) before build_datasets
+    dist: DistInfo = DistInfo()
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -344,6 +346,7 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        task.dist = self.dist  # a task's data set-up may depend on the rank (e.g. rank 0 writes shared files)
         train_set, val_set = task.build_datasets()
         train_loader, sampler = self._loader(train_set, train=True)
         self.val_loader = self._loader(val_set, train=False)[0] if val_set is not None else None

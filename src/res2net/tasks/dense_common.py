@@ -164,6 +164,7 @@ class DenseTask(Task):
         self.out_dir = Path(out_dir)
         self.report: Dict[str, Any] = {}
         self.data_report: Dict[str, Any] = {}
+        self.dist = dist_info_from_env()  # the Trainer replaces it with its own DistInfo before build_datasets
 
     # ---- data ---------------------------------------------------------------------------------------
     def data_root(self) -> Path:
@@ -182,13 +183,12 @@ class DenseTask(Task):
         wanted = {"n_train": d.synthetic_train, "n_val": d.synthetic_val, "size": d.image_size,
                   "seed": d.synthetic_seed}
         meta = base / "scenes.json"
-        info = dist_info_from_env()  # under torchrun rank 0 writes the scenes while the others wait
-        if info.is_main:
+        if self.dist.is_main:  # under torchrun rank 0 writes the scenes while the others wait
             have = json.loads(meta.read_text()) if meta.is_file() else {}
             if any(have.get(k) != v for k, v in wanted.items()) or not (base / self.data_format).is_dir():
                 generate_scenes(base, d.synthetic_train, d.synthetic_val, size=d.image_size,
                                 seed=d.synthetic_seed)
-        barrier(info)
+        barrier(self.dist)
         return base / self.data_format
 
     def make_datasets(self, root: Path, train: bool) -> Dataset:
@@ -201,8 +201,7 @@ class DenseTask(Task):
         val_set = self.make_datasets(root, train=False)
         self.record_skips(train=train_set, val=val_set)
         if self.cfg.data.steps > 0:  # N optimizer steps of the global batch (every rank takes N batches)
-            world = dist_info_from_env().world_size
-            train_set = Repeat(train_set, self.cfg.data.steps * self.cfg.optim.batch_size * world)
+            train_set = Repeat(train_set, self.cfg.data.steps * self.cfg.optim.batch_size * self.dist.world_size)
         return train_set, val_set
 
     def record_skips(self, **sets: Dataset) -> None:
