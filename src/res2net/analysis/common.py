@@ -129,18 +129,13 @@ def preprocessing(name: str, checkpoint: Optional[str | Path] = None, loaded: Op
     ``res2net train`` saves in its checkpoints (Fashion-MNIST: 28 px with the data set's statistics), else the
     model card's. ``loaded``: the checkpoint's contents when already read."""
     from ..engine import load_checkpoint
-    from ..models import get_spec
-    from ..tasks.classification import dataset_normalization
+    from ..tasks.classification import dataset_preprocessing
 
-    size = get_spec(name).input_size
     if loaded is None and checkpoint is not None:
         loaded = load_checkpoint(checkpoint)
     config = loaded.get("config") if loaded is not None else None
     data = config.get("data", {}) if isinstance(config, dict) else {}
-    dataset = data.get("dataset", "")
-    mean, std = dataset_normalization(dataset, name)
-    sizes = {"fashion-mnist": 28, "cifar100": 32}  # the in-memory sets' native sizes
-    return int(sizes.get(dataset) or data.get("input_size") or size), mean, std
+    return dataset_preprocessing(data.get("dataset", ""), name, data.get("input_size"))
 
 
 def build_model(name: str, checkpoint: Optional[str | Path] = None, loaded: Optional[Dict[str, Any]] = None

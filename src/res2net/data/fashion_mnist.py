@@ -20,6 +20,7 @@ DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot"]
 MEAN, STD = (0.2860,), (0.3530,)  # of the 60,000 training images
+SIZE = 28  # images are SIZE x SIZE, one grey channel
 SPLITS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
           "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000)}
 # md5 of each .gz as published (torchvision's FashionMNIST.resources) ...
@@ -87,9 +88,9 @@ def read_split(folder: Path, split: str, verify: bool = True) -> Tuple[Tensor, T
     img_name, lbl_name, count = SPLITS[split]
     images, labels = (parse_idx(verify_file(folder / name) if verify else gzip.decompress(
         (folder / name).read_bytes()), folder / name) for name in (img_name, lbl_name))
-    if images.shape != (count, 28, 28) or labels.shape != (count,):
+    if images.shape != (count, SIZE, SIZE) or labels.shape != (count,):
         raise DataError(f"Fashion-MNIST {split} files in {folder} hold {tuple(images.shape)} images and "
-                        f"{tuple(labels.shape)} labels; expected {count} of 28x28")
+                        f"{tuple(labels.shape)} labels; expected {count} of {SIZE}x{SIZE}")
     return images.unsqueeze(1).contiguous(), labels.long()
 
 

@@ -150,6 +150,9 @@ def image_folder_split(root: Path, split: str, transform: Callable[[Any], Tensor
     return ImageFiles(samples, classes, transform, channels, bad)
 
 
+CIFAR_SIZE = 32  # CIFAR images are 32 x 32 RGB
+
+
 def load_cifar100(data_dir: str) -> Dict[str, TensorImageDataset]:
     """CIFAR-100 from its python pickles (``cifar-100-python/{train,test,meta}``; fine labels) in memory."""
     root = Path(data_dir)
@@ -163,7 +166,7 @@ def load_cifar100(data_dir: str) -> Dict[str, TensorImageDataset]:
     for split in ("train", "test"):
         d = _unpickle(root / split)
         try:
-            data = torch.as_tensor(d["data"], dtype=torch.uint8).view(-1, 3, 32, 32)
+            data = torch.as_tensor(d["data"], dtype=torch.uint8).view(-1, 3, CIFAR_SIZE, CIFAR_SIZE)
             labels = torch.as_tensor(d["fine_labels"], dtype=torch.long)
         except (KeyError, RuntimeError, TypeError) as exc:
             raise DataError(f"CIFAR-100 file {root / split} lacks 32x32x3 'data' or 'fine_labels': {exc}") from None

@@ -25,7 +25,7 @@ from ..data import (TensorImageDataset, batch_collate, classification_transforms
                     load_cifar100, load_fashion_mnist, normalize, progressive_size, random_crop_flip, resize_batch,
                     skip_collate)
 from ..data import fashion_mnist as fmnist
-from ..data.images import warn_bad_files
+from ..data.images import CIFAR_SIZE, warn_bad_files
 from ..engine import (Context, FitResult, OptimConfig, RunConfig, SchedConfig, Task, add_engine_args,
                       build_loader, engine_values, fit, load_checkpoint, load_config, model_state, select_amp,
                       select_device, to_dict)
@@ -98,12 +98,24 @@ def _tensor_sets(dataset: str, data_dir: Optional[str], download: bool) -> Dict[
     return load_cifar100(data_dir)
 
 
+# the in-memory data sets are used at their native size
+NATIVE_SIZES = {"fashion-mnist": fmnist.SIZE, "cifar100": CIFAR_SIZE}
+
+
 def dataset_normalization(dataset: str, model_name: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """(mean, std) the images of ``dataset`` are normalised with: Fashion-MNIST's own statistics, else the
     model card's."""
     card = get_spec(model_name)
     mean, std = (fmnist.MEAN, fmnist.STD) if dataset == "fashion-mnist" else (card.mean, card.std)
     return tuple(mean), tuple(std)
+
+
+def dataset_preprocessing(dataset: str, model_name: str, input_size: Optional[int] = None
+                          ) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:
+    """(input size, mean, std) of ``model_name`` on ``dataset``: the in-memory sets' native size, else
+    ``input_size`` (``data.input_size``) or the model card's; normalisation as :func:`dataset_normalization`."""
+    size = NATIVE_SIZES.get(dataset) or input_size or get_spec(model_name).input_size
+    return (int(size), *dataset_normalization(dataset, model_name))
 
 
 def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> ClassificationData:
@@ -114,23 +126,22 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> Classificatio
     if cfg.train_scales is not None and (not cfg.train_scales or any(not 0 < x <= 4 for x in cfg.train_scales)):
         raise ConfigError(f"data.train_scales must be a non-empty list of fractions of the input size in (0, 4]; "
                           f"got {cfg.train_scales}")
-    if cfg.dataset in ("fashion-mnist", "cifar100"):
+    size, mean, std = dataset_preprocessing(cfg.dataset, model_name, cfg.input_size)
+    if cfg.dataset in NATIVE_SIZES:
         sets = _tensor_sets(cfg.dataset, cfg.data_dir, cfg.download)
         train, test = sets["train"], sets["test"]
         if cfg.train_subset:
             train = train.subset(cfg.train_subset, seed)
         if cfg.test_subset:
             test = test.subset(cfg.test_subset, seed)
-        mean, std = dataset_normalization(cfg.dataset, model_name)
-        return ClassificationData(train, test, train.classes, train.images.shape[1], train.images.shape[-1],
-                                  mean, std, in_memory=True)
+        return ClassificationData(train, test, train.classes, train.images.shape[1], size, mean, std,
+                                  in_memory=True)
     if not cfg.data_dir:
         raise ConfigError("data.data_dir (--data-dir) is required for imagefolder: a folder with train/ and "
                           f"{cfg.val_split}/")
     root = Path(cfg.data_dir)
-    size = cfg.input_size or card.input_size
-    tf = functools.partial(classification_transforms, input_size=size, crop_pct=card.crop_pct, mean=card.mean,
-                           std=card.std, interpolation=card.interpolation)
+    tf = functools.partial(classification_transforms, input_size=size, crop_pct=card.crop_pct, mean=mean,
+                           std=std, interpolation=card.interpolation)
     train_files = image_folder_split(root, "train", tf(train=True))
     test_files = image_folder_split(root, cfg.val_split, tf(train=False), classes=train_files.classes)
     train_set: Dataset = train_files
@@ -143,8 +154,7 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> Classificatio
         if cfg.test_subset:
             test_set = torch.utils.data.Subset(test_files, torch.randperm(len(test_files), generator=g)
                                                [:cfg.test_subset].tolist())
-    return ClassificationData(train_set, test_set, train_files.classes, 3, size, tuple(card.mean),
-                              tuple(card.std), in_memory=False)
+    return ClassificationData(train_set, test_set, train_files.classes, 3, size, mean, std, in_memory=False)
 
 
 class ClassificationTask(Task):
