@@ -165,7 +165,11 @@ def test_checkpoint_is_weights_only_and_complete(tmp_path: Path) -> None:
                 "sampler", "config", "history"):
         assert key in state
     assert state["epoch"] == 3 and state["step_in_epoch"] == 0 and len(result.history) == 3
-    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "log.jsonl").is_file()
+    assert (tmp_path / "run" / "log.jsonl").is_file()
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # weights for evaluation, no resume state
+    assert not set(best) & {"optimizer", "scheduler", "scaler", "rng", "sampler"}
+    assert {"model", "config", "history", "epoch", "best"} <= set(best) and best["model"].keys() == state["model"].keys()
+    assert (tmp_path / "run" / "best.pt").stat().st_size < (tmp_path / "run" / "last.pt").stat().st_size
     with pytest.raises(Exception, match="--resume"):
         _fit(tmp_path / "run")
 

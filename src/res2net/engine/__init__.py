@@ -28,7 +28,8 @@ A task supplies the rest by subclassing :class:`Task`::
 :class:`ResumableBatchSampler` (seeded per epoch, sharded per rank); a task never builds its own training
 loader (``build_loader`` makes the same kind of loader for stand-alone evaluation commands). A task may set
 ``self.collate_fn`` in ``__init__`` (it is read after ``build_datasets``). Per model, the engine writes
-``<out>/last.pt``, ``last.prev.pt``, ``best.pt`` (by ``primary_metric``) and ``log.jsonl``; it refuses to
+``<out>/last.pt``, ``last.prev.pt``, ``best.pt`` (by ``primary_metric``; weights, EMA, config and history
+only, for evaluation: a resume reads ``last.pt``) and ``log.jsonl``; it refuses to
 overwrite an existing ``last.pt`` unless ``resume=True``.
 Random augmentation should use torch's global RNG in ``prepare_batch`` (restored on resume); augmentation
 inside DataLoader workers (``run.workers > 0``) is reproducible per run, but a mid-epoch resume is exact

@@ -227,6 +227,10 @@ class JsonlLogger:
             self.tb.close()
 
 
+# what only a resume needs; best.pt leaves it out (with AdamW that is two thirds of a checkpoint's size)
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng", "sampler", "step_in_epoch")
+
+
 class Trainer:
     """Runs one task with one config into one output folder.
 
@@ -270,8 +274,9 @@ class Trainer:
             return
         state = self._state(epoch, step_in_epoch)
         save_atomic(state, self.last_path)
-        if best:
-            save_atomic(state, self.best_path, keep_previous=False)
+        if best:  # for evaluation and prediction only: no optimizer/scheduler/RNG state (resume reads last.pt)
+            weights = {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS}
+            save_atomic(weights, self.best_path, keep_previous=False)
 
     def _restore(self, state: Dict[str, Any]) -> Tuple[int, int]:
         saved_world = state["sampler"]["world_size"]
