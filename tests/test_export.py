@@ -121,3 +121,26 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "--exporter applies to --format onnx only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", "resnet20_cifar", "--format", "tflite", "--out", str(out)])
+
+
+def test_cli_exports_a_training_checkpoint_with_its_own_shape(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """A `res2net train` checkpoint (here: Fashion-MNIST, 1 channel, 10 classes, 28 px) exports with its own
+    input channels, classes and preprocessing; before, the model card's 3-channel model refused its weights."""
+    import onnx
+
+    torch.manual_seed(0)
+    state = res2net.create_model("res2net17_slim", num_classes=10, in_chans=1).state_dict()
+    ckpt = tmp_path / "fm.pt"
+    torch.save({"model": state, "config": {"data": {"dataset": "fashion-mnist", "input_size": None}}}, ckpt)
+    out = tmp_path / "fm.onnx"
+    assert main(["export", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    assert "28x28" in capsys.readouterr().out
+    graph = onnx.load(str(out)).graph
+    dims = [[d.dim_value for d in t.type.tensor_type.shape.dim] for t in (graph.input[0], graph.output[0])]
+    assert dims == [[1, 1, 28, 28], [1, 10]]
+    assert main(["export", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--num-classes", "5",
+                 "--out", str(out)]) == 2
+    assert "trained with 10 classes" in capsys.readouterr().err
+    grey = ex.real_input(28, (0.5,), (0.25,), in_chans=1)
+    assert grey.shape == (1, 1, 28, 28) and grey.std() > 0.3

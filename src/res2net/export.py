@@ -19,7 +19,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,16 +41,19 @@ class ExportError(Res2NetError):
     """An export failed or its output does not match the eager model."""
 
 
-def real_input(size: int, mean: Optional[List[float]] = None, std: Optional[List[float]] = None) -> Tensor:
-    """scikit-image's astronaut photo, resized to ``size`` x ``size`` and normalized: a (1, 3, size, size) batch."""
+def real_input(size: int, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+               in_chans: int = 3) -> Tensor:
+    """scikit-image's astronaut photo, resized and centre-cropped to ``size`` x ``size`` (grey when ``in_chans``
+    is 1) and normalized: a (1, in_chans, size, size) batch."""
     from skimage import data
 
+    from .analysis.common import resize_center
+
     img = torch.from_numpy(np.ascontiguousarray(data.astronaut())).permute(2, 0, 1).float().div_(255)
-    img = nn.functional.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False,
-                                    antialias=True)
-    m = torch.tensor(mean or (0.485, 0.456, 0.406)).reshape(1, 3, 1, 1)
-    s = torch.tensor(std or (0.229, 0.224, 0.225)).reshape(1, 3, 1, 1)
-    return (img - m) / s
+    img = resize_center(img, size, in_chans)
+    m = torch.tensor(mean or (0.485, 0.456, 0.406)).reshape(-1, 1, 1)
+    s = torch.tensor(std or (0.229, 0.224, 0.225)).reshape(-1, 1, 1)
+    return ((img - m) / s)[None]
 
 
 def _check_outputs(what: str, key: str, eager: Union[Tensor, List[Tensor]], got: List[np.ndarray], atol: float,
@@ -125,7 +128,7 @@ def _write_onnx(model: nn.Module, x: Tensor, path: Path, opset: int, dynamic_bat
 
 def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: int = 224,
                  dynamic_batch: bool = False, opset: int = DEFAULT_OPSET, in_chans: int = 3,
-                 mean: Optional[List[float]] = None, std: Optional[List[float]] = None,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  exporter: str = "dynamo") -> Dict[str, float]:
     """Export ``model`` (eval mode) to ``out`` as ``fmt`` ("onnx" or "torchscript"), verify it on a random and
     a real input (batch 3 as well when ``dynamic_batch``), and move it into place; returns the max abs diffs.
@@ -147,9 +150,7 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
     model = model.eval()
     torch.manual_seed(0)
     sample = torch.randn(1, in_chans, input_size, input_size)
-    inputs = {"random": sample}
-    if in_chans == 3:
-        inputs["real (skimage astronaut)"] = real_input(input_size, mean, std)
+    inputs = {"random": sample, "real (skimage astronaut)": real_input(input_size, mean, std, in_chans)}
     if dynamic_batch:
         inputs["random batch 3"] = torch.randn(3, in_chans, input_size, input_size)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
@@ -175,20 +176,41 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
     return diffs
 
 
-def _main(args: argparse.Namespace) -> int:
+def model_for_export(name: str, checkpoint: Optional[str] = None, num_classes: Optional[int] = None
+                     ) -> Tuple[nn.Module, int, Tuple[float, ...], Tuple[float, ...]]:
+    """(model in eval mode, input size, mean, std). A checkpoint of ``res2net train`` brings its own input
+    channels, classes and preprocessing (e.g. Fashion-MNIST: 1 channel, 28 px, the set's statistics); any
+    other checkpoint (official, timm or torchvision layout) or none loads into the model card's shape."""
+    from .analysis.common import build_model, preprocessing
+    from .engine import load_checkpoint
     from .models import create_model, get_spec
 
+    spec = get_spec(name)
+    loaded = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if loaded is not None and isinstance(loaded.get("config"), dict):
+        model = build_model(name, checkpoint, loaded)
+        size, mean, std = preprocessing(name, checkpoint, loaded)
+        classes = int(getattr(model, "num_classes", 0) or 0)
+        if num_classes is not None and num_classes != classes:
+            raise ValueError(f"--num-classes {num_classes}: checkpoint {checkpoint} was trained with {classes} "
+                             "classes")
+        return model, size, mean, std
+    model = create_model(name, pretrained=checkpoint or False, num_classes=num_classes)
+    return model.eval(), spec.input_size, tuple(spec.mean), tuple(spec.std)
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.format != "onnx":
         given = [flag for flag, value in (("--exporter", args.exporter), ("--opset", args.opset)) if value is not None]
         if given:
             verb = "apply" if len(given) > 1 else "applies"
             raise ValueError(f"{' and '.join(given)} {verb} to --format onnx only, not --format {args.format}")
-    spec = get_spec(args.name)
-    model = create_model(args.name, pretrained=args.checkpoint or False, num_classes=args.num_classes)
-    size = args.input_size or spec.input_size
+    model, trained_size, mean, std = model_for_export(args.name, args.checkpoint, args.num_classes)
+    size = args.input_size or trained_size
+    in_chans = int(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels)
     diffs = export_model(model, args.out, args.format, input_size=size, dynamic_batch=args.dynamic_batch,
-                         opset=DEFAULT_OPSET if args.opset is None else args.opset, mean=list(spec.mean),
-                         std=list(spec.std), exporter=args.exporter or "dynamo")
+                         opset=DEFAULT_OPSET if args.opset is None else args.opset, in_chans=in_chans, mean=mean,
+                         std=std, exporter=args.exporter or "dynamo")
     checks = ", ".join(f"{k}: max abs diff {v:.2e}" for k, v in diffs.items())
     print(f"wrote {args.out} ({args.format}, {args.name}, {size}x{size}); verified {checks}")
     return 0
