@@ -290,6 +290,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda requested but torch.cuda.is_available() is False")
+    if device.type == "cuda":  # every row alike: cuDNN times its algorithms per shape during the warm-up
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     cases = _probe_cases(cfg, device) + _build_cases(cfg, device)
     log(f"{len(cases)} cases, {cfg.warmup} warm-up ({max(cfg.warmup, cfg.train_warmup)} for training steps) + "

@@ -122,13 +122,14 @@ class FitResult:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed python, numpy and torch; with ``deterministic`` also force deterministic kernels."""
+    """Seed python, numpy and torch; with ``deterministic`` also force deterministic kernels, else let cuDNN
+    pick the fastest convolution algorithm per input shape (``cudnn.benchmark``; no effect on the CPU)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic)
 
 
