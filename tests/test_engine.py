@@ -103,12 +103,15 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
     assert load_config(ToyConfig, None, ["optim.lr=1"]).optim.lr == 1.0  # int accepted for a float
     cases = {"optim.lrr=1": "optim.lr,", "optimx.lr=1": "allowed: optim, sched, run",
              "optim.lr=fast": "must be float", "run.epochs=2.5": "must be int",
-             "run.deterministic=3": "must be bool", "sched.milestones=5": "list of int", "optim.lr": "KEY=VALUE"}
+             "run.deterministic=3": "must be bool", "sched.milestones=5": "list of int", "optim.lr": "KEY=VALUE",
+             "run.epochs=0": "run.epochs must be >= 1, got 0", "optim.batch_size=-2": "optim.batch_size must be >= 1",
+             "run.workers=-1": "run.workers must be >= 0", "optim.weight_decay=-0.1": "must be >= 0"}
     for override, expected in cases.items():
         with pytest.raises(ConfigError) as info:
             load_config(ToyConfig, None, [override])
         message = str(info.value)
         assert expected in message and "\n" not in message, message
+    assert load_config(ToyConfig, None, ["run.workers=0", "run.checkpoint_every=0"]).run.workers == 0  # bounds inclusive
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  momentun: 0.9\n")
     with pytest.raises(ConfigError, match="optim.momentun"):

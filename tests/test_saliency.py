@@ -121,3 +121,19 @@ def test_steps_count_global_batches_from_the_trainers_dist_info(tmp_path):
     task.dist = DistInfo(rank=0, world_size=4)
     train_set, val_set = task.build_datasets()
     assert len(train_set) == 3 * 2 * 4 and len(val_set) == 2
+
+
+def test_dense_config_bounds_hold_in_the_task_subclasses(capsys):
+    """DenseRunConfig / DenseOptimConfig only change defaults: the engine's bounds still apply to them, and the
+    dense data keys have their own (image_size >= 32, steps >= 0)."""
+    from res2net.engine import load_config
+    from res2net.errors import ConfigError
+    from res2net.tasks.saliency import SaliencyConfig
+
+    for override, message in (("run.epochs=0", "run.epochs must be >= 1"), ("optim.batch_size=0", "optim.batch_size"),
+                              ("data.image_size=16", "data.image_size must be >= 32"), ("data.steps=-1", "data.steps")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(SaliencyConfig, None, [override])
+    with pytest.raises(SystemExit) as exit_info:  # argparse rejects it before any work
+        main(["saliency", "train", "--data", "synthetic", "--steps", "0"])
+    assert exit_info.value.code == 2 and "--steps: must be >= 1" in capsys.readouterr().err

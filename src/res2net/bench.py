@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .engine.args import positive_int
 from .errors import ConfigError
 
 __all__ = ["BenchConfig", "Result", "run_bench", "format_markdown", "register"]
@@ -434,8 +435,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--train-warmup", type=int, default=5,
                    help="untimed training steps per training case first (a training step needs a few to settle)")
-    p.add_argument("--input-size", type=int, default=None, help="default: each model card's")
-    p.add_argument("--num-classes", type=int, default=None, help="default: each model card's")
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: each model card's")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="default: each model card's")
     p.add_argument("--probe-size", type=int, default=4096, help="matmul probe size N (N x N @ N x N)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")

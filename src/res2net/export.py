@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .engine.args import positive_int
 from .errors import Res2NetError
 
 __all__ = ["EXPORTERS", "FORMATS", "ExportError", "export_model", "real_input", "register", "verify_onnx",
@@ -229,6 +230,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f">= {MIN_OPSET} with torchscript)")
     p.add_argument("--exporter", choices=EXPORTERS, default=None,
                    help="torch's ONNX exporter: dynamo (torch.export, default) or the deprecated torchscript one")
-    p.add_argument("--input-size", type=int, default=None, help="default: the model card's")
-    p.add_argument("--num-classes", type=int, default=None, help="default: the model card's")
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the model card's")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="default: the model card's")
     p.set_defaults(func=_main)

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
+from .engine.args import positive_int
 from .models.registry import create_model, get_spec, list_models, model_card, model_complexity
 
 
@@ -71,6 +72,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_models)
     p = subparsers.add_parser("info", help="one model's card and its feature shapes")
     p.add_argument("name")
-    p.add_argument("--input-size", type=int, default=None, help="input size for the feature shapes")
+    p.add_argument("--input-size", type=positive_int, default=None, help="input size for the feature shapes")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
+from ..engine.args import positive_int
 from ..errors import ConfigError
 from ..models import ResNet, count_macs, count_params
 
@@ -318,11 +319,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--data-dir", help="data folder (fashion-mnist: default /usr/share/datasets/fashion-mnist)")
     a.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
                    help="; ".join(f"{k}: {b.note}" for k, b in BUDGETS.items()))
-    a.add_argument("--seeds", type=int, help="seeds per variant (default: the budget's)")
+    a.add_argument("--seeds", type=positive_int, help="seeds per variant (default: the budget's)")
     a.add_argument("--variants", nargs="+", metavar="NAME", help=f"subset of: {', '.join(VARIANTS)}")
-    a.add_argument("--epochs", type=int, help="epochs per run (default: the budget's)")
-    a.add_argument("--train-subset", type=int, metavar="N", help="training images (default: the budget's)")
-    a.add_argument("--test-subset", type=int, metavar="N", help="test images (default: the budget's)")
+    a.add_argument("--epochs", type=positive_int, help="epochs per run (default: the budget's)")
+    a.add_argument("--train-subset", type=positive_int, metavar="N", help="training images (default: the budget's)")
+    a.add_argument("--test-subset", type=positive_int, metavar="N", help="test images (default: the budget's)")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="engine/recipe override for every run, e.g. --set optim.lr=0.1 (repeatable)")

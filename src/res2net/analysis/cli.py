@@ -10,18 +10,12 @@ from typing import Any, Dict, List
 
 import torch
 
+from ..engine.args import positive_int
 from .common import md_table, out_dir, sample_images, trained_model, write_csv, write_json
 
 
 def _command(name: str) -> str:
     return f"res2net {name} " + " ".join(sys.argv[2:]) if sys.argv[1:2] == [name] else f"res2net {name}"
-
-
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 def _device(name: str) -> torch.device:
@@ -169,10 +163,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "after warm-up) and peak memory of one image (inference, training step).")
     c.add_argument("patterns", nargs="*", metavar="PATTERN",
                    help="model names or shell patterns (default: the 50-layer Res2Net family and baselines)")
-    c.add_argument("--input-size", type=_positive, default=224, help="image side (default 224)")
-    c.add_argument("--batch-size", type=_positive, default=16, help="the larger latency batch (default 16)")
+    c.add_argument("--input-size", type=positive_int, default=224, help="image side (default 224)")
+    c.add_argument("--batch-size", type=positive_int, default=16, help="the larger latency batch (default 16)")
     c.add_argument("--warmup", type=int, default=3, help="untimed forwards before timing (default 3)")
-    c.add_argument("--repeats", type=_positive, default=10, help="timed forwards; the median is kept (default 10)")
+    c.add_argument("--repeats", type=positive_int, default=10, help="timed forwards; the median is kept (default 10)")
     c.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (reported as NaN)")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     c.add_argument("--json", action="store_true", help="print the rows as JSON (the --json schema of issue 4)")
@@ -192,7 +186,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--compare-checkpoint", metavar="PATH2", help="weights of --compare")
     g.add_argument("--target", type=int, help="class index explained (default: each model's prediction)")
     g.add_argument("--layer", help="module name (model.named_modules), default: the last stage")
-    g.add_argument("--input-size", type=_positive, help="image side (default: the model card's)")
+    g.add_argument("--input-size", type=positive_int, help="image side (default: the model card's)")
     g.add_argument("--out", default="runs/cam", metavar="DIR", help="report folder (default runs/cam)")
     g.set_defaults(func=cmd_cam)
 
@@ -204,7 +198,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--checkpoint", help="weights of NAME (default: random weights)")
     r.add_argument("--baseline", help="model measured beside NAME (default: the card's baseline)")
     r.add_argument("--baseline-checkpoint", help="weights of the baseline")
-    r.add_argument("--input-size", type=_positive, help="image side (default: the model card's)")
-    r.add_argument("--images", type=_positive, default=4, help="number of sample photos averaged (default 4)")
+    r.add_argument("--input-size", type=positive_int, help="image side (default: the model card's)")
+    r.add_argument("--images", type=positive_int, default=4, help="number of sample photos averaged (default 4)")
     r.add_argument("--out", default="runs/receptive-field", metavar="DIR", help="report folder")
     r.set_defaults(func=cmd_receptive_field)

@@ -19,14 +19,25 @@ FLAG_KEYS = {
 }
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts and sizes, where 0 would otherwise read as "not given")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_engine_args(parser: argparse.ArgumentParser, default_config: str) -> None:
     """Add ``--config --epochs --batch-size --seed --deterministic --out --resume --checkpoint-every --quiet
     --device --amp --workers --set`` to a training subcommand's parser."""
     g = parser.add_argument_group("engine")
     g.add_argument("--config", default=default_config, metavar="NAME|FILE",
                    help=f"packaged recipe name or YAML file (default: {default_config})")
-    g.add_argument("--epochs", type=int, help="epochs to train (run.epochs)")
-    g.add_argument("--batch-size", type=int, help="batch size per process (optim.batch_size)")
+    g.add_argument("--epochs", type=positive_int, help="epochs to train (run.epochs)")
+    g.add_argument("--batch-size", type=positive_int, help="batch size per process (optim.batch_size)")
     g.add_argument("--seed", type=int, help="random seed (run.seed)")
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels: a resumed run equals an uninterrupted one bit for bit")

@@ -24,18 +24,23 @@ T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+def at_least(default: Any, low: float) -> Any:
+    """A schema field whose value (when not null) must be >= ``low``; checked when a config is read."""
+    return field(default=default, metadata={"min": low})
+
+
 @dataclass
 class OptimConfig:
     """Optimizer and loss-side regularisation."""
 
     name: str = "sgd"  # sgd | adamw
     lr: float = 0.1  # for the reference batch ``lr_batch`` (linear scaling rule: lr * global_batch / lr_batch)
-    lr_batch: int = 256
+    lr_batch: int = at_least(256, 1)
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
-    batch_size: int = 256  # per process
-    label_smoothing: float = 0.0
+    weight_decay: float = at_least(1e-4, 0)
+    batch_size: int = at_least(256, 1)  # per process
+    label_smoothing: float = at_least(0.0, 0)
     clip_grad_norm: Optional[float] = None
     ema_decay: Optional[float] = None  # e.g. 0.999; evaluates the EMA weights when set
 
@@ -47,7 +52,7 @@ class SchedConfig:
     name: str = "multistep"  # multistep | onecycle | cosine | constant
     milestones: List[int] = field(default_factory=lambda: [30, 60, 90])  # epochs, for multistep
     gamma: float = 0.1
-    warmup_epochs: float = 0.0  # linear warm-up (multistep/cosine)
+    warmup_epochs: float = at_least(0.0, 0)  # linear warm-up (multistep/cosine)
     pct_start: float = 0.25  # onecycle: fraction of the run spent warming up
 
 
@@ -55,17 +60,17 @@ class SchedConfig:
 class RunConfig:
     """How the loop runs: length, seed, device, precision, checkpoints, logs."""
 
-    epochs: int = 100
+    epochs: int = at_least(100, 1)
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | off
     channels_last: bool = True
-    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
-    log_every: int = 20  # steps between JSONL step records
-    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
-    workers: int = 2  # DataLoader worker processes (0: load in the main process)
-    num_threads: int = 0  # torch CPU threads (0: torch's default)
+    checkpoint_every: int = at_least(0, 0)  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
+    log_every: int = at_least(20, 1)  # steps between JSONL step records
+    eval_every: int = at_least(1, 1)  # epochs between evaluations (the last epoch is always evaluated)
+    workers: int = at_least(2, 0)  # DataLoader worker processes (0: load in the main process)
+    num_threads: int = at_least(0, 0)  # torch CPU threads (0: torch's default)
     quiet: bool = False
     tensorboard: bool = False
 
@@ -141,7 +146,21 @@ def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "", base: 
             kwargs[key] = from_dict(tp, value or {}, full + ".", section_base)
         else:
             kwargs[key] = _coerce(full, tp, value)
+            low = _field_min(schema, key)
+            if low is not None and kwargs[key] is not None and kwargs[key] < low:
+                raise ConfigError(f"{full} must be >= {low}, got {kwargs[key]!r}")
     return dataclasses.replace(base, **kwargs) if base is not None else schema(**kwargs)
+
+
+def _field_min(schema: Type[Any], name: str) -> Optional[float]:
+    """The lower bound an :func:`at_least` field declares, in ``schema`` or in the schema it subclasses (a
+    subclass that only changes a default keeps the bound); None for other fields."""
+    for cls in schema.__mro__:
+        if dataclasses.is_dataclass(cls):
+            low = next((f.metadata.get("min") for f in dataclasses.fields(cls) if f.name == name), None)
+            if low is not None:
+                return low
+    return None
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:

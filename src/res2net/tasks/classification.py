@@ -29,6 +29,8 @@ from ..data.images import CIFAR_SIZE, warn_bad_files
 from ..engine import (Context, FitResult, OptimConfig, RunConfig, SchedConfig, Task, add_engine_args,
                       build_loader, engine_values, fit, load_checkpoint, load_config, model_state, select_amp,
                       select_device, to_dict)
+from ..engine.args import positive_int
+from ..engine.config import at_least
 from ..engine.distributed import init_distributed
 from ..errors import CheckpointError, ConfigError
 from ..models import count_macs, count_params, create_model, get_spec
@@ -52,11 +54,11 @@ class DataSection:
 
     dataset: str = "imagefolder"  # fashion-mnist | cifar100 | imagefolder
     data_dir: Optional[str] = None  # fashion-mnist: default /usr/share/datasets/fashion-mnist
-    train_subset: Optional[int] = None  # random subset of the training set (seeded by run.seed)
-    test_subset: Optional[int] = None  # random subset of the evaluation set
+    train_subset: Optional[int] = at_least(None, 1)  # random subset of the training set (seeded by run.seed)
+    test_subset: Optional[int] = at_least(None, 1)  # random subset of the evaluation set
     val_split: str = "val"  # imagefolder: sub-folder evaluated (class folders, or flat + <split>_labels.txt)
-    input_size: Optional[int] = None  # imagefolder: crop size (default: the model card's)
-    crop_padding: int = 4  # in-memory sets: zero padding of the random crop (0: no crop)
+    input_size: Optional[int] = at_least(None, 1)  # imagefolder: crop size (default: the model card's)
+    crop_padding: int = at_least(4, 0)  # in-memory sets: zero padding of the random crop (0: no crop)
     flip: bool = True  # in-memory sets: random horizontal flip
     train_scales: Optional[List[float]] = None  # progressive resizing: training batches resized to these
     # fractions of the native size, spread over the run (first epoch the first, last epoch the last);
@@ -414,7 +416,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model name (res2net models); default: the recipe's model.names")
     p.add_argument("--dataset", choices=DATASETS, help="data set (data.dataset)")
     p.add_argument("--data-dir", help="data folder (data.data_dir)")
-    p.add_argument("--train-subset", type=int, metavar="N", help="train on a random N images (data.train_subset)")
+    p.add_argument("--train-subset", type=positive_int, metavar="N", help="train on a random N images (data.train_subset)")
     add_engine_args(p, DEFAULT_RECIPE)
     p.set_defaults(func=cmd_train)
 
@@ -424,8 +426,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
     e.add_argument("--dataset", choices=DATASETS, help="data set (default: the checkpoint's, else imagefolder)")
     e.add_argument("--data-dir", help="data folder")
-    e.add_argument("--test-subset", type=int, metavar="N", help="evaluate a random N images")
-    e.add_argument("--batch-size", type=int)
+    e.add_argument("--test-subset", type=positive_int, metavar="N", help="evaluate a random N images")
+    e.add_argument("--batch-size", type=positive_int)
     e.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     e.add_argument("--workers", type=int, help="DataLoader worker processes")
     e.add_argument("--out", help="JSON file to write (default: <checkpoint>.eval.json)")

@@ -19,6 +19,8 @@ from torch.utils.data import Dataset
 from ..data.dense import IMAGE_EXTS, load_rgb
 from ..data.scenes import generate_scenes
 from ..engine import OptimConfig, RunConfig, SchedConfig, Task, load_config
+from ..engine.args import positive_int
+from ..engine.config import at_least
 from ..engine.distributed import barrier, dist_info_from_env
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import create_model, get_spec
@@ -42,13 +44,13 @@ class DenseDataConfig:
 
     synthetic: bool = False
     root: str = ""
-    image_size: int = 128  # training/eval resize (segmentation, saliency) or detector min/max size
+    image_size: int = at_least(128, 32)  # training/eval resize (segmentation, saliency) or detector min/max size
     train_split: str = "train"
     val_split: str = "val"
-    synthetic_train: int = 200
-    synthetic_val: int = 50
+    synthetic_train: int = at_least(200, 1)
+    synthetic_val: int = at_least(50, 1)
     synthetic_seed: int = 0
-    steps: int = 0  # > 0: one epoch of exactly this many optimizer steps (the train set is cycled)
+    steps: int = at_least(0, 0)  # > 0: one epoch of exactly this many optimizer steps (the train set is cycled)
 
 
 @dataclass
@@ -400,8 +402,8 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str, default_model: s
         parser.add_argument("--trainable-layers", type=int, help="backbone stages trained from the top "
                                                                   "(torchvision semantics; 5 = all)")
         parser.add_argument("--norm", choices=NORMS, help="backbone norm: BatchNorm or FrozenBatchNorm2d")
-        parser.add_argument("--steps", type=int, help="train exactly this many optimizer steps (one epoch)")
-        parser.add_argument("--image-size", type=int, help="input size (data.image_size)")
+        parser.add_argument("--steps", type=positive_int, help="train exactly this many optimizer steps (one epoch)")
+        parser.add_argument("--image-size", type=positive_int, help="input size (data.image_size)")
         add_engine_args(parser, default_config="")
     else:
         parser.add_argument("--checkpoint", required=True, help="a train run's best.pt or last.pt")
