@@ -3,7 +3,8 @@
 A schema is any dataclass whose fields are scalars (int, float, bool, str), ``Optional[...]`` of them,
 ``List[...]``/``Tuple[...]`` of them, or nested schema dataclasses (sections). :func:`load_config` reads a
 recipe (a name of ``res2net/configs/*.yaml`` or a file path), applies dotted overrides, and checks every key
-and type; an unknown key or a wrong type raises a one-line :class:`~res2net.errors.ConfigError` naming the
+and type; an unknown key, a wrong type or a value below a field's bound (fields declared with
+:func:`at_least`, e.g. ``run.epochs >= 1``) raises a one-line :class:`~res2net.errors.ConfigError` naming the
 key and what is allowed. Tasks build their own top-level schema from the engine's sections
 (:class:`OptimConfig`, :class:`SchedConfig`, :class:`RunConfig`) plus their own ``model``/``data`` sections.
 """
