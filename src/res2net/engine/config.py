@@ -35,14 +35,14 @@ class OptimConfig:
     """Optimizer and loss-side regularisation."""
 
     name: str = "sgd"  # sgd | adamw
-    lr: float = 0.1  # for the reference batch ``lr_batch`` (linear scaling rule: lr * global_batch / lr_batch)
+    lr: float = at_least(0.1, 0)  # for the reference batch ``lr_batch`` (linear scaling rule: lr * global_batch / lr_batch)
     lr_batch: int = at_least(256, 1)
-    momentum: float = 0.9
+    momentum: float = at_least(0.9, 0)
     nesterov: bool = False
     weight_decay: float = at_least(1e-4, 0)
     batch_size: int = at_least(256, 1)  # per process
     label_smoothing: float = at_least(0.0, 0)
-    clip_grad_norm: Optional[float] = None
+    clip_grad_norm: Optional[float] = at_least(None, 0)
     ema_decay: Optional[float] = None  # e.g. 0.999; evaluates the EMA weights when set
 
 
@@ -52,7 +52,7 @@ class SchedConfig:
 
     name: str = "multistep"  # multistep | onecycle | cosine | constant
     milestones: List[int] = field(default_factory=lambda: [30, 60, 90])  # epochs, for multistep
-    gamma: float = 0.1
+    gamma: float = at_least(0.1, 0)
     warmup_epochs: float = at_least(0.0, 0)  # linear warm-up (multistep/cosine)
     pct_start: float = 0.25  # onecycle: fraction of the run spent warming up
 
