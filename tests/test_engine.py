@@ -111,7 +111,8 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
             load_config(ToyConfig, None, [override])
         message = str(info.value)
         assert expected in message and "\n" not in message, message
-    assert load_config(ToyConfig, None, ["run.workers=0", "run.checkpoint_every=0"]).run.workers == 0  # bounds inclusive
+    bounds_inclusive = load_config(ToyConfig, None, ["run.workers=0", "run.checkpoint_every=0"])
+    assert bounds_inclusive.run.workers == 0
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  momentun: 0.9\n")
     with pytest.raises(ConfigError, match="optim.momentun"):
@@ -171,7 +172,8 @@ def test_checkpoint_is_weights_only_and_complete(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "log.jsonl").is_file()
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # weights for evaluation, no resume state
     assert not set(best) & {"optimizer", "scheduler", "scaler", "rng", "sampler"}
-    assert {"model", "config", "history", "epoch", "best"} <= set(best) and best["model"].keys() == state["model"].keys()
+    assert {"model", "config", "history", "epoch", "best"} <= set(best)
+    assert best["model"].keys() == state["model"].keys()
     assert (tmp_path / "run" / "best.pt").stat().st_size < (tmp_path / "run" / "last.pt").stat().st_size
     with pytest.raises(Exception, match="--resume"):
         _fit(tmp_path / "run")

@@ -114,7 +114,8 @@ def test_steps_count_global_batches_from_the_trainers_dist_info(tmp_path):
                                              "data.synthetic_train=4", "data.synthetic_val=2", "data.image_size=32"])
     other_rank = SaliencyTask(cfg, tmp_path)
     other_rank.dist = DistInfo(rank=1, world_size=4)
-    with pytest.raises(DataError, match="saliency data folder not found"):  # rank 1 waits for rank 0's scenes: none were written
+    # rank 1 waits for rank 0's scenes: none were written
+    with pytest.raises(DataError, match="saliency data folder not found"):
         other_rank.build_datasets()
     task = SaliencyTask(cfg, tmp_path)
     assert task.dist == DistInfo()  # a single process outside torchrun

@@ -35,7 +35,8 @@ class OptimConfig:
     """Optimizer and loss-side regularisation."""
 
     name: str = "sgd"  # sgd | adamw
-    lr: float = at_least(0.1, 0)  # for the reference batch ``lr_batch`` (linear scaling rule: lr * global_batch / lr_batch)
+    # lr for the reference batch ``lr_batch`` (linear scaling rule: lr * global_batch / lr_batch)
+    lr: float = at_least(0.1, 0)
     lr_batch: int = at_least(256, 1)
     momentum: float = at_least(0.9, 0)
     nesterov: bool = False

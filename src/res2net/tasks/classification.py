@@ -416,7 +416,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model name (res2net models); default: the recipe's model.names")
     p.add_argument("--dataset", choices=DATASETS, help="data set (data.dataset)")
     p.add_argument("--data-dir", help="data folder (data.data_dir)")
-    p.add_argument("--train-subset", type=positive_int, metavar="N", help="train on a random N images (data.train_subset)")
+    p.add_argument("--train-subset", type=positive_int, metavar="N",
+                   help="train on a random N images (data.train_subset)")
     add_engine_args(p, DEFAULT_RECIPE)
     p.set_defaults(func=cmd_train)
 
