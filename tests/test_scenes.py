@@ -73,6 +73,15 @@ def test_generation_is_deterministic(tmp_path):
         assert (a / f).read_bytes() == (b / f).read_bytes()
 
 
+def test_validation_scenes_do_not_depend_on_the_training_count(tmp_path):
+    a = generate_scenes(tmp_path / "a", 2, 3, size=64, seed=3, formats=["saliency"])["saliency"]
+    b = generate_scenes(tmp_path / "b", 5, 2, size=64, seed=3, formats=["saliency"])["saliency"]
+    for f in ("val/images/val_00000.jpg", "val/images/val_00001.jpg", "train/images/train_00001.jpg"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f  # the same streams, a longer or shorter prefix
+    assert (a / "train/images/train_00000.jpg").read_bytes() != (a / "val/images/val_00000.jpg").read_bytes()
+    assert json.loads((tmp_path / "a" / "scenes.json").read_text())["generator"] == 2
+
+
 def test_unknown_format_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown scene format"):
         generate_scenes(tmp_path, 1, 1, formats=["kitti"])

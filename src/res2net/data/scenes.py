@@ -26,6 +26,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 SCENE_CLASSES: Tuple[str, ...] = ("disc", "square", "triangle", "ring")
 FORMATS: Tuple[str, ...] = ("coco", "voc", "saliency")
+# written to scenes.json; 2: train and val scenes from independent random streams (1: val drawn after train)
+GENERATOR_VERSION = 2
 # COCO's small / medium / large object areas (pixels); a scene draws each object's bucket uniformly
 AREA_BUCKETS = ((48.0, 1024.0), (1024.0, 9216.0), (9216.0, 20000.0))
 SHAPE_AREA = {"disc": math.pi, "ring": 0.75 * math.pi, "square": 2.0, "triangle": 1.87}  # area / radius^2
@@ -221,10 +223,12 @@ def generate_scenes(out_dir: str | Path, n_train: int = 200, n_val: int = 50, si
         raise ValueError(f"unknown scene format(s) {bad}; choose from {FORMATS}")
     if n_train < 1 or n_val < 1 or size < 32:
         raise ValueError(f"need n_train >= 1, n_val >= 1 and size >= 32, got {n_train}, {n_val}, {size}")
-    rng = np.random.default_rng(seed)
+    # one independent random stream per split: the validation scenes do not depend on n_train (and the first
+    # k scenes of a split are the same for any count >= k)
+    train_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     out = Path(out_dir)
-    splits = {"train": [(f"train_{i:05d}", make_scene(rng, size, max_objects)) for i in range(n_train)],
-              "val": [(f"val_{i:05d}", make_scene(rng, size, max_objects)) for i in range(n_val)]}
+    splits = {"train": [(f"train_{i:05d}", make_scene(train_rng, size, max_objects)) for i in range(n_train)],
+              "val": [(f"val_{i:05d}", make_scene(val_rng, size, max_objects)) for i in range(n_val)]}
     writers = {"coco": _write_coco, "voc": _write_voc, "saliency": _write_saliency}
     roots = {}
     for fmt in formats:
@@ -232,5 +236,6 @@ def generate_scenes(out_dir: str | Path, n_train: int = 200, n_val: int = 50, si
         for split, scenes in splits.items():
             writers[fmt](roots[fmt], split, scenes)
     (out / "scenes.json").write_text(json.dumps({"n_train": n_train, "n_val": n_val, "size": size, "seed": seed,
-                                                 "max_objects": max_objects, "classes": list(SCENE_CLASSES)}))
+                                                 "max_objects": max_objects, "classes": list(SCENE_CLASSES),
+                                                 "generator": GENERATOR_VERSION}))
     return roots

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data.dense import IMAGE_EXTS, load_rgb
-from ..data.scenes import generate_scenes
+from ..data.scenes import GENERATOR_VERSION, generate_scenes
 from ..engine import OptimConfig, RunConfig, SchedConfig, Task, load_config
 from ..engine.args import positive_int
 from ..engine.config import at_least
@@ -183,7 +183,7 @@ class DenseTask(Task):
             d.root = str((self.out_dir / "data").resolve())
         base = Path(d.root)
         wanted = {"n_train": d.synthetic_train, "n_val": d.synthetic_val, "size": d.image_size,
-                  "seed": d.synthetic_seed}
+                  "seed": d.synthetic_seed, "generator": GENERATOR_VERSION}  # else (re)generated
         meta = base / "scenes.json"
         if self.dist.is_main:  # under torchrun rank 0 writes the scenes while the others wait
             have = json.loads(meta.read_text()) if meta.is_file() else {}
