@@ -46,15 +46,11 @@ def real_input(size: int, mean: Optional[Sequence[float]] = None, std: Optional[
                in_chans: int = 3) -> Tensor:
     """scikit-image's astronaut photo, resized and centre-cropped to ``size`` x ``size`` (grey when ``in_chans``
     is 1) and normalized: a (1, in_chans, size, size) batch."""
-    from skimage import data
+    from .analysis.common import resize_center, sample_images
+    from .data import normalize
 
-    from .analysis.common import resize_center
-
-    img = torch.from_numpy(np.ascontiguousarray(data.astronaut())).permute(2, 0, 1).float().div_(255)
-    img = resize_center(img, size, in_chans)
-    m = torch.tensor(mean or (0.485, 0.456, 0.406)).reshape(-1, 1, 1)
-    s = torch.tensor(std or (0.229, 0.224, 0.225)).reshape(-1, 1, 1)
-    return ((img - m) / s)[None]
+    img = resize_center(sample_images(["astronaut"])[0][1], size, in_chans)
+    return normalize(img[None], mean or (0.485, 0.456, 0.406), std or (0.229, 0.224, 0.225))
 
 
 def _check_outputs(what: str, key: str, eager: Union[Tensor, List[Tensor]], got: List[np.ndarray], atol: float,
