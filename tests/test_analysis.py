@@ -99,13 +99,17 @@ def test_cam_command_two_models(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_checkpoint_preprocessing_follows_training_config(tmp_path: Path) -> None:
     """A Fashion-MNIST checkpoint of `res2net train` is fed 28 px images with the data set's statistics, not
     the model card's 32 px / (0.5, 0.25): the analyses see what the model was trained on."""
-    from res2net.analysis.common import preprocessing
     from res2net.data import fashion_mnist
+    from res2net.weights import checkpoint_preprocessing, describe_checkpoint
+
+    def preprocessing(name: str, path: Path | None = None, in_chans: int = 3) -> tuple:
+        p = checkpoint_preprocessing(describe_checkpoint(path) if path else None, name, in_chans)
+        return p.input_size, p.mean, p.std
 
     state = create_model("res2net17_slim", num_classes=10, in_chans=1).state_dict()
     ckpt = tmp_path / "fm.pt"
     torch.save({"model": state, "config": {"data": {"dataset": "fashion-mnist", "input_size": None}}}, ckpt)
-    assert preprocessing("res2net17_slim", ckpt) == (28, fashion_mnist.MEAN, fashion_mnist.STD)
+    assert preprocessing("res2net17_slim", ckpt, in_chans=1) == (28, fashion_mnist.MEAN, fashion_mnist.STD)
     bare = tmp_path / "bare.pt"
     torch.save(state, bare)  # a bare state_dict: nothing known about its training, the card applies
     assert preprocessing("res2net17_slim", bare) == (32, (0.5,) * 3, (0.25,) * 3)

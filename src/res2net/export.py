@@ -1,4 +1,7 @@
-"""``res2net export``: ONNX (opset >= 17, checked with onnxruntime) and TorchScript (checked against eager).
+"""``res2net export``: ONNX (opset >= 17, checked with onnxruntime), OpenVINO IR (.xml + .bin, checked with
+OpenVINO) and TorchScript (checked against eager); ONNX and OpenVINO also as int8 (``--int8 --calibration``:
+post-training static quantization on real images, :mod:`res2net.runtimes`; onnxruntime's quantizer writes a QDQ
+ONNX file, OpenVINO's NNCF an int8 IR), checked by top-1 agreement with eager on the calibration images.
 
 ONNX is written by torch's ``torch.export``-based exporter (``exporter="dynamo"``, opset >= 18, the default)
 or by the older TorchScript-based one (``exporter="torchscript"``, deprecated in torch, the only one that
@@ -29,9 +32,10 @@ from .engine.args import positive_int
 from .errors import Res2NetError
 
 __all__ = ["EXPORTERS", "FORMATS", "ExportError", "export_model", "real_input", "register", "verify_onnx",
-           "verify_torchscript"]
+           "verify_openvino", "verify_torchscript", "write_onnx"]
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "openvino", "torchscript")
+INT8_FORMATS = ("onnx", "openvino")
 EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True) / the TorchScript-based exporter
 MIN_OPSET = 17
 MIN_OPSET_DYNAMO = 18  # torch's dynamo exporter writes opset 18 and up (it cannot convert down to 17)
@@ -46,8 +50,8 @@ def real_input(size: int, mean: Optional[Sequence[float]] = None, std: Optional[
                in_chans: int = 3) -> Tensor:
     """scikit-image's astronaut photo, resized and centre-cropped to ``size`` x ``size`` (grey when ``in_chans``
     is 1) and normalized: a (1, in_chans, size, size) batch."""
-    from .analysis.common import resize_center, sample_images
     from .data import normalize
+    from .data.samples import resize_center, sample_images
 
     img = resize_center(sample_images(["astronaut"])[0][1], size, in_chans)
     return normalize(img[None], mean or (0.485, 0.456, 0.406), std or (0.229, 0.224, 0.225))
@@ -104,7 +108,35 @@ def verify_torchscript(path: Union[str, Path], model: nn.Module, inputs: Dict[st
     return diffs
 
 
-def _write_onnx(model: nn.Module, x: Tensor, path: Path, opset: int, dynamic_batch: bool, exporter: str) -> None:
+def verify_openvino(path: Union[str, Path], model: nn.Module, inputs: Dict[str, Tensor], atol: float = 1e-4,
+                    rtol: float = 1e-5) -> Dict[str, float]:
+    """Compile the OpenVINO IR (``.xml`` with its ``.bin``) for the CPU (f32 precision) and compare it with eager
+    on each named input (max abs difference per input; an error above ``atol + rtol * max|eager output|``)."""
+    from .runtimes import openvino_runner
+
+    run = openvino_runner(path, "fp32")
+    diffs: Dict[str, float] = {}
+    for key, x in inputs.items():
+        with torch.no_grad():
+            ref = model(x)
+        diffs[key] = _check_outputs("OpenVINO", key, ref, run(x.numpy()), atol, rtol)
+    return diffs
+
+
+def _verify_int8(what: str, run: Any, model: nn.Module, calibration: Sequence[Tensor]) -> Dict[str, float]:
+    from .runtimes import MIN_INT8_AGREEMENT, RuntimeModel, top1_agreement
+
+    shape = tuple(calibration[0].shape[1:])
+    with torch.no_grad():
+        features = not isinstance(model(calibration[0][:1]), Tensor)
+    agreement = top1_agreement(model, RuntimeModel(what, "int8", run, shape, features), calibration)
+    if agreement < MIN_INT8_AGREEMENT:
+        raise ExportError(f"{what} int8 model agrees with eager fp32 on {agreement:.1%} of the calibration images' "
+                          f"top-1 (< {MIN_INT8_AGREEMENT:.0%})")
+    return {"top-1 agreement on the calibration images": agreement}
+
+
+def write_onnx(model: nn.Module, x: Tensor, path: Path, opset: int, dynamic_batch: bool, exporter: str) -> None:
     with torch.no_grad():
         sample_out = model(x)
     n_out = 1 if isinstance(sample_out, Tensor) else len(sample_out)
@@ -126,22 +158,31 @@ def _write_onnx(model: nn.Module, x: Tensor, path: Path, opset: int, dynamic_bat
 def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: int = 224,
                  dynamic_batch: bool = False, opset: int = DEFAULT_OPSET, in_chans: int = 3,
                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 exporter: str = "dynamo") -> Dict[str, float]:
-    """Export ``model`` (eval mode) to ``out`` as ``fmt`` ("onnx" or "torchscript"), verify it on a random and
-    a real input (batch 3 as well when ``dynamic_batch``), and move it into place; returns the max abs diffs.
-    ``exporter`` picks torch's ONNX exporter ("dynamo", opset >= 18, or the older "torchscript")."""
+                 exporter: str = "dynamo", int8: bool = False,
+                 calibration: Optional[Sequence[Tensor]] = None) -> Dict[str, float]:
+    """Export ``model`` (eval mode) to ``out`` as ``fmt`` ("onnx", "openvino" or "torchscript"), verify it on a
+    random and a real input (batch 3 as well when ``dynamic_batch``), and move it into place; returns the max abs
+    diffs. ``exporter`` picks torch's ONNX exporter ("dynamo", opset >= 18, or the older "torchscript").
+    OpenVINO writes ``out`` (.xml) and the .bin beside it. ``int8`` (onnx, openvino) quantizes with the real
+    input ``calibration`` batches and verifies by top-1 agreement with eager on them."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
-    if fmt == "onnx" and exporter == "dynamo" and opset < MIN_OPSET_DYNAMO:
+    if fmt in ("onnx", "openvino") and exporter == "dynamo" and opset < MIN_OPSET_DYNAMO:
         raise ValueError(f"opset {opset}: the dynamo exporter writes opset >= {MIN_OPSET_DYNAMO}; "
                          f"use exporter='torchscript' (--exporter torchscript) for opset {opset}")
     if input_size < 1:
         raise ValueError(f"input_size must be >= 1, got {input_size}")
+    if int8 and fmt not in INT8_FORMATS:
+        raise ValueError(f"--int8 applies to --format {' or '.join(INT8_FORMATS)}, not {fmt}")
+    if int8 and not calibration:
+        raise ValueError("--int8 needs --calibration (a folder of images of the task, or fashion-mnist)")
     out = Path(out)
+    if fmt == "openvino" and out.suffix != ".xml":
+        raise ValueError(f"--out {out}: an OpenVINO IR is written as NAME.xml (with NAME.bin beside it)")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out: directory {str(out.parent)!r} does not exist")
     model = model.eval()
@@ -150,27 +191,51 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
     inputs = {"random": sample, "real (skimage astronaut)": real_input(input_size, mean, std, in_chans)}
     if dynamic_batch:
         inputs["random batch 3"] = torch.randn(3, in_chans, input_size, input_size)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        if fmt == "onnx":
-            _write_onnx(model, sample, tmp, opset, dynamic_batch, exporter)
-            diffs = verify_onnx(tmp, model, inputs)
-        else:
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=str(out.parent)) as tmp_dir:
+        tmp = Path(tmp_dir) / out.name
+        if fmt == "torchscript":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript deprecation notices
                 scripted = torch.jit.script(model)
                 torch.jit.save(scripted, str(tmp))
                 diffs = verify_torchscript(tmp, model, inputs)
+            written = [tmp]
+        elif fmt == "onnx":
+            fp32 = Path(tmp_dir) / "fp32.onnx" if int8 else tmp
+            write_onnx(model, sample, fp32, opset, dynamic_batch or int8, exporter)
+            if int8:
+                from .runtimes import onnxruntime_runner, quantize_onnx
+
+                quantize_onnx(fp32, tmp, list(calibration or []))
+                diffs = _verify_int8("ONNX (onnxruntime)", onnxruntime_runner(tmp), model, list(calibration or []))
+            else:
+                diffs = verify_onnx(tmp, model, inputs)
+            written = [tmp]
+        else:
+            diffs = _write_openvino(model, sample, tmp, opset, exporter, inputs, calibration if int8 else None)
+            written = [tmp.with_suffix(".bin"), tmp]  # the .bin first: an .xml never points at a missing .bin
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        for path in written:
+            os.chmod(path, 0o666 & ~umask)  # temporary files may be created 0600; give the usual mode
+            os.replace(path, out.with_suffix(path.suffix) if fmt == "openvino" else out)
     return diffs
+
+
+def _write_openvino(model: nn.Module, sample: Tensor, xml: Path, opset: int, exporter: str,
+                    inputs: Dict[str, Tensor], calibration: Optional[Sequence[Tensor]]) -> Dict[str, float]:
+    """The OpenVINO IR of ``model`` at ``xml`` (+ .bin), through ONNX (dynamic batch); int8 by NNCF."""
+    from .runtimes import _require, openvino_runner, quantize_openvino
+
+    ov = _require("openvino", "openvino")
+    onnx_path = xml.with_name("model.onnx")
+    write_onnx(model, sample, onnx_path, opset, True, exporter)
+    ov_model = quantize_openvino(onnx_path, list(calibration)) if calibration else ov.convert_model(str(onnx_path))
+    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+    onnx_path.unlink()
+    if calibration:
+        return _verify_int8("OpenVINO", openvino_runner(xml, "int8"), model, list(calibration))
+    return verify_openvino(xml, model, inputs)
 
 
 def model_for_export(name: str, checkpoint: Optional[str] = None, num_classes: Optional[int] = None
@@ -178,48 +243,55 @@ def model_for_export(name: str, checkpoint: Optional[str] = None, num_classes: O
     """(model in eval mode, input size, mean, std). A checkpoint of ``res2net train`` brings its own input
     channels, classes and preprocessing (e.g. Fashion-MNIST: 1 channel, 28 px, the set's statistics); any
     other checkpoint (official, timm or torchvision layout) or none loads into the model card's shape."""
-    from .analysis.common import build_model, preprocessing
-    from .engine import load_checkpoint
-    from .models import create_model, get_spec
+    from .weights import card_preprocessing, create_model, model_from_checkpoint
 
-    spec = get_spec(name)
-    loaded = load_checkpoint(checkpoint) if checkpoint is not None else None
-    if loaded is not None and isinstance(loaded.get("config"), dict):
-        model = build_model(name, checkpoint, loaded)
-        size, mean, std = preprocessing(name, checkpoint, loaded)
-        classes = int(getattr(model, "num_classes", 0) or 0)
-        if num_classes is not None and num_classes != classes:
-            raise ValueError(f"--num-classes {num_classes}: checkpoint {checkpoint} was trained with {classes} "
-                             "classes")
-        return model, size, mean, std
-    model = create_model(name, pretrained=checkpoint or False, num_classes=num_classes)
-    return model.eval(), spec.input_size, tuple(spec.mean), tuple(spec.std)
+    if checkpoint is None:
+        prep = card_preprocessing(name)
+        model = create_model(name, num_classes=num_classes).eval()
+    else:
+        model, prep, _ = model_from_checkpoint(checkpoint, name, num_classes=num_classes)
+    return model, prep.input_size, prep.mean, prep.std
 
 
 def _main(args: argparse.Namespace) -> int:
-    if args.format != "onnx":
+    if args.format == "torchscript":
         given = [flag for flag, value in (("--exporter", args.exporter), ("--opset", args.opset)) if value is not None]
         if given:
             verb = "apply" if len(given) > 1 else "applies"
-            raise ValueError(f"{' and '.join(given)} {verb} to --format onnx only, not --format {args.format}")
+            raise ValueError(f"{' and '.join(given)} {verb} to --format onnx or openvino only, not --format "
+                             f"{args.format}")
+    if args.calibration is not None and not args.int8:
+        raise ValueError("--calibration applies with --int8 only")
+    if args.int8 and args.format not in INT8_FORMATS:
+        raise ValueError(f"--int8 applies to --format {' or '.join(INT8_FORMATS)}, not --format {args.format}")
+    if args.int8 and args.calibration is None:
+        raise ValueError("--int8 needs --calibration DIR|fashion-mnist (real images of the task)")
     model, trained_size, mean, std = model_for_export(args.name, args.checkpoint, args.num_classes)
     size = args.input_size or trained_size
     in_chans = int(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels)
+    calibration = None
+    if args.int8:
+        from .runtimes import calibration_batches
+
+        calibration = calibration_batches(args.calibration, size, mean, std, in_chans, args.calibration_images)
     diffs = export_model(model, args.out, args.format, input_size=size, dynamic_batch=args.dynamic_batch,
                          opset=DEFAULT_OPSET if args.opset is None else args.opset, in_chans=in_chans, mean=mean,
-                         std=std, exporter=args.exporter or "dynamo")
-    checks = ", ".join(f"{k}: max abs diff {v:.2e}" for k, v in diffs.items())
-    print(f"wrote {args.out} ({args.format}, {args.name}, {size}x{size}); verified {checks}")
+                         std=std, exporter=args.exporter or "dynamo", int8=args.int8, calibration=calibration)
+    checks = ", ".join(f"{k}: {v:.2%}" if "agreement" in k else f"{k}: max abs diff {v:.2e}" for k, v in diffs.items())
+    kind = f"{args.format} int8" if args.int8 else args.format
+    extra = f" + {Path(args.out).with_suffix('.bin')}" if args.format == "openvino" else ""
+    print(f"wrote {args.out}{extra} ({kind}, {args.name}, {size}x{size}); verified {checks}")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``res2net export``."""
-    p = subparsers.add_parser("export", help="export a model to ONNX or TorchScript (verified)", description=__doc__)
+    p = subparsers.add_parser("export", help="export a model to ONNX, OpenVINO IR or TorchScript (verified)",
+                              description=__doc__)
     p.add_argument("name", help="model name (see `res2net models`)")
     p.add_argument("--checkpoint", default=None, help="weights file (default: random init)")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, type=Path, help="output file")
+    p.add_argument("--out", required=True, type=Path, help="output file (OpenVINO: NAME.xml, NAME.bin beside it)")
     p.add_argument("--dynamic-batch", action="store_true", help="batch dimension left symbolic")
     p.add_argument("--opset", type=int, default=None,
                    help=f"ONNX opset (default {DEFAULT_OPSET}; >= {MIN_OPSET_DYNAMO} with the dynamo exporter, "
@@ -228,4 +300,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torch's ONNX exporter: dynamo (torch.export, default) or the deprecated torchscript one")
     p.add_argument("--input-size", type=positive_int, default=None, help="default: the model card's")
     p.add_argument("--num-classes", type=positive_int, default=None, help="default: the model card's")
+    p.add_argument("--int8", action="store_true",
+                   help="post-training static int8 quantization (onnx: onnxruntime QDQ; openvino: NNCF)")
+    p.add_argument("--calibration", default=None, metavar="DIR|fashion-mnist",
+                   help="real images for --int8: a folder of image files, or the Fashion-MNIST training set")
+    p.add_argument("--calibration-images", type=positive_int, default=256,
+                   help="how many calibration images (default 256)")
     p.set_defaults(func=_main)

@@ -1,6 +1,9 @@
-"""Checkpoint loading: official / timm / torchvision key layouts, hash checks, strict loading with clear errors.
+"""Checkpoints -> models: the one reader (:func:`read_checkpoint`), the one unwrapper, strict loading that
+names every missing/unexpected/mis-shaped key, the official weight source (hash-checked), and the one builder
+every command calls (:func:`model_from_checkpoint`).
 
-Every file is read with ``torch.load(..., weights_only=True)``.
+Every ``.pth``/``.pt``/``.bin`` file is read with ``torch.load(..., weights_only=True)``; ``.safetensors`` files
+with safetensors. Imports flow down only: this module uses ``models`` and ``data``, never ``engine`` or ``tasks``.
 """
 
 from __future__ import annotations
@@ -9,17 +12,18 @@ import hashlib
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from .data.preprocessing import Preprocessing, dataset_preprocessing
 from .errors import CheckpointError
+from .models import registry
 
-if TYPE_CHECKING:
-    from .models.registry import ModelSpec
-
+PathLike = Union[str, "os.PathLike[str]"]
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
 _SCALE1_RENAMES = ((".conv2.", ".convs.0."), (".bn2.", ".bns.0."))
@@ -34,23 +38,34 @@ def sha256_of(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: Union[str, Path]) -> Any:
-    """``torch.load`` with ``weights_only=True``; a missing, truncated or foreign file raises CheckpointError."""
+def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """The one checkpoint reader: ``.safetensors`` through safetensors (never executes code), anything else
+    through ``torch.load(weights_only=True)``. A missing, empty, truncated or foreign file raises
+    :class:`CheckpointError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated/corrupt/unsafe files
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device=str(map_location))
+        else:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch/safetensors raise several types for truncated/corrupt/unsafe files
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (truncated, corrupt or not a "
-                              f"weights-only PyTorch file): {type(exc).__name__}: {str(exc)[:200]}") from None
+                              f"weights-only PyTorch/safetensors file): {type(exc).__name__}: {first}") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a mapping")
+    return dict(obj)
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, Tensor]:
-    """The tensor mapping inside a checkpoint: accepts a bare state_dict or one under ``state_dict``/``model``,
-    and strips a DistributedDataParallel ``module.`` prefix."""
+    """The tensor mapping inside a checkpoint: a bare state_dict or one under ``state_dict``/``model``/
+    ``model_state``/``module`` (ours: ``model``), with a DistributedDataParallel ``module.`` prefix stripped."""
     for _ in range(3):
         if isinstance(obj, Mapping) and not _is_state_dict(obj):
             inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
@@ -137,7 +152,7 @@ def download_checkpoint(url: str, model_dir: Optional[str] = None) -> Dict[str, 
     return unwrap_state_dict(obj, url)
 
 
-def load_pretrained(model: nn.Module, spec: "ModelSpec", pretrained: Union[bool, str, Path]) -> None:
+def load_pretrained(model: nn.Module, spec: registry.ModelSpec, pretrained: Union[bool, str, Path]) -> None:
     """Load weights into a freshly built model: ``True`` = the official checkpoint of ``spec``; a path or a
     ``file://``/``https://`` URL = that file. A local file whose name carries a hash is checked too."""
     if pretrained is True:
@@ -159,3 +174,124 @@ def load_pretrained(model: nn.Module, spec: "ModelSpec", pretrained: Union[bool,
     else:
         raise ValueError(f"pretrained must be True, False, a path or a URL, got {pretrained!r}")
     load_state_dict_strict(model, state_dict, source, allow_new_classifier=True)
+
+
+def create_model(name: str, pretrained: Union[bool, str, Path] = False, **kwargs: Any) -> nn.Module:
+    """Build a zoo model (the arguments of :func:`res2net.models.create_model`) and, with ``pretrained``, load
+    its weights: ``True`` = the official checkpoint (hash-checked), a path or a ``file://``/``https://`` URL =
+    that file. Loading is strict; a classifier of another size keeps its initialisation (with a warning).
+
+    >>> create_model("res2net50_26w_4s", num_classes=10)(torch.randn(1, 3, 64, 64)).shape
+    torch.Size([1, 10])
+    """
+    model = registry.create_model(name, **kwargs)
+    if pretrained:
+        load_pretrained(model, registry.get_spec(name), pretrained)
+    return model
+
+
+# ---- our checkpoints and the one checkpoint -> model builder ------------------------------------------------
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint file says about itself. ``meta`` (written by ``res2net train`` since this version:
+    model name, classes, input channels, preprocessing) and ``config``/``task`` exist only in our checkpoints."""
+
+    source: str
+    state_dict: Dict[str, Tensor]
+    meta: Dict[str, Any]
+    config: Optional[Dict[str, Any]]
+    task: Optional[str]
+
+    @property
+    def is_ours(self) -> bool:
+        """Written by this package's training engine."""
+        return self.config is not None
+
+    @property
+    def model_name(self) -> Optional[str]:
+        return self.meta.get("model")
+
+    @property
+    def classes(self) -> Optional[List[str]]:
+        return self.meta.get("classes")
+
+
+def describe_checkpoint(checkpoint: Union[PathLike, Mapping[str, Any]], source: Optional[str] = None
+                        ) -> CheckpointInfo:
+    """Read (when given a path) and describe a checkpoint: ours, official, timm or torchvision layout."""
+    if isinstance(checkpoint, Mapping):
+        obj: Mapping[str, Any] = checkpoint
+        source = source or "checkpoint"
+    else:
+        source = source or str(checkpoint)
+        obj = read_checkpoint(checkpoint)
+    config = obj.get("config") if isinstance(obj.get("config"), dict) else None
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    task = obj.get("task") if isinstance(obj.get("task"), str) else None
+    return CheckpointInfo(source, unwrap_state_dict(obj, source), dict(meta), config, task)
+
+
+def card_preprocessing(name: str) -> Preprocessing:
+    """The model card's preprocessing (ImageNet statistics, 224 px and crop 0.875 for the ImageNet models)."""
+    spec = registry.get_spec(name)
+    return Preprocessing(spec.input_size, tuple(spec.mean), tuple(spec.std), spec.crop_pct, spec.interpolation)
+
+
+def checkpoint_preprocessing(info: Optional[CheckpointInfo], name: str, in_chans: int = 3) -> Preprocessing:
+    """The preprocessing a checkpoint's model expects: what its training run used (our checkpoints: saved in
+    ``meta``, or derived from the saved data config), else the model card's."""
+    if info is not None and "preprocessing" in info.meta:
+        return Preprocessing.from_dict(info.meta["preprocessing"]).for_channels(in_chans)
+    data = (info.config or {}).get("data", {}) if info is not None else {}
+    data = data if isinstance(data, dict) else {}
+    return dataset_preprocessing(str(data.get("dataset", "")), card_preprocessing(name),
+                                 data.get("input_size")).for_channels(in_chans)
+
+
+def state_dict_shape(state_dict: Mapping[str, Tensor], name: str) -> Tuple[int, int]:
+    """(input channels, classes) of the weights of zoo model ``name`` (0 classes: no classifier in the file)."""
+    with torch.device("meta"):
+        reference = registry.create_model(name)
+    first_conv = next(f"{n}.weight" for n, m in reference.named_modules() if isinstance(m, nn.Conv2d))
+    conv = state_dict.get(first_conv)
+    if conv is None or conv.ndim != 4:
+        conv = next((v for k, v in state_dict.items() if k.endswith("weight") and v.ndim == 4), None)
+    if conv is None:
+        raise CheckpointError(f"the weights hold no convolution: not a {name} checkpoint")
+    fc = state_dict.get("fc.weight")
+    return int(conv.shape[1]), int(fc.shape[0]) if fc is not None else 0
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`model_from_checkpoint` returns."""
+
+    model: nn.Module  # in eval mode, on the CPU
+    preprocessing: Preprocessing
+    info: CheckpointInfo
+
+
+def model_from_checkpoint(checkpoint: Union[PathLike, CheckpointInfo], name: Optional[str] = None, *,
+                          num_classes: Optional[int] = None, **create_kwargs: Any) -> LoadedModel:
+    """The one checkpoint -> model path: a zoo model shaped like the checkpoint (input channels and classes
+    read from the weights; model name, class names and preprocessing from our checkpoints' ``meta``/config),
+    loaded strictly (every missing/unexpected/mis-shaped key named, with the file).
+
+    ``num_classes`` different from the checkpoint's: refused for our checkpoints (it was trained for its
+    classes); for official/timm/torchvision weights the classifier is re-initialised with a warning.
+    ``create_kwargs`` go to :func:`res2net.models.create_model` (e.g. ``features_only``).
+    """
+    info = checkpoint if isinstance(checkpoint, CheckpointInfo) else describe_checkpoint(checkpoint)
+    name = name or info.model_name
+    if not name:
+        raise CheckpointError(f"{info.source} does not say which model it holds; give the model name (--model)")
+    spec = registry.get_spec(name)
+    if info.model_name and registry.get_spec(info.model_name).name != spec.name:
+        raise CheckpointError(f"{info.source} holds {info.model_name}, not {name}")
+    in_chans, classes = state_dict_shape(info.state_dict, spec.name)
+    new_head = num_classes is not None and num_classes != classes
+    if new_head and info.is_ours:
+        raise CheckpointError(f"{info.source} was trained with {classes} classes, not {num_classes}")
+    model = registry.create_model(spec.name, num_classes=num_classes if new_head else classes, in_chans=in_chans,
+                                  **create_kwargs)
+    load_state_dict_strict(model, info.state_dict, info.source, allow_new_classifier=new_head)
+    return LoadedModel(model.eval(), checkpoint_preprocessing(info, spec.name, in_chans), info)

@@ -11,7 +11,8 @@ from typing import Any, Dict, List
 import torch
 
 from ..engine.args import positive_int
-from .common import md_table, out_dir, sample_images, trained_model, write_csv, write_json
+from ..data.samples import sample_images
+from .common import md_table, out_dir, trained_model, write_csv, write_json
 
 
 def _command(name: str) -> str:
@@ -58,7 +59,7 @@ def cmd_complexity(args: argparse.Namespace) -> int:
 def cmd_cam(args: argparse.Namespace) -> int:
     """Grad-CAM of one model (or two, side by side) on images or the scikit-image samples."""
     from .cam import overlay_figure, run_cam
-    from .common import load_image, resize_center
+    from ..data.samples import load_image, resize_center
 
     if args.compare_checkpoint and not args.compare:
         raise ValueError("--compare-checkpoint needs --compare NAME2")
@@ -68,12 +69,10 @@ def cmd_cam(args: argparse.Namespace) -> int:
     shown = None
     for name, ckpt in [(args.model, args.checkpoint)] + ([(args.compare, args.compare_checkpoint)]
                                                         if args.compare else []):
-        model, trained_size, mean, std = trained_model(name, ckpt)
-        size = args.input_size or trained_size
+        model, prep = trained_model(name, ckpt)
+        size = args.input_size or prep.input_size
         images = [(n, resize_center(img, size, model.in_chans)) for n, img in raw]
-        if model.in_chans != len(mean):
-            mean, std = [sum(mean) / len(mean)] * model.in_chans, [sum(std) / len(std)] * model.in_chans
-        res = run_cam(model, name, images, mean, std, args.layer, args.target)
+        res = run_cam(model, name, images, prep.mean, prep.std, args.layer, args.target)
         shown = shown or images
         side = shown[0][1].shape[-1]
         if res["maps"].shape[-1] != side:  # the second model's card has another input size: match the figure
@@ -121,13 +120,13 @@ def cmd_receptive_field(args: argparse.Namespace) -> int:
     erf_rows: List[Dict[str, Any]] = []
     photos = [img for _, img in sample_images()][: args.images]
     for name, ckpt in [(args.name, args.checkpoint)] + ([(baseline, args.baseline_checkpoint)] if baseline else []):
-        model, trained_size, mean, std = trained_model(name, ckpt)
-        size = args.input_size or trained_size
-        x = erf_inputs(photos, size, model.in_chans, mean, std)
+        model, prep = trained_model(name, ckpt)
+        size = args.input_size or prep.input_size
+        x = erf_inputs(photos, size, model.in_chans, prep.mean, prep.std)
         maps = effective_rf(model, x)
         measured[name] = maps
         theory_max = [r["max_rf"] for r in theoretical_rf(model)]
-        ends = [0] + list(torch.tensor([len(s) for s in model.stages]).cumsum(0).tolist())
+        ends = [0] + list(torch.tensor([len(s) for s in model.stage_modules()]).cumsum(0).tolist())
         for i, erf in enumerate(maps):
             erf_rows.append({"model": name, "weights": str(ckpt) if ckpt else "random", "output": f"C{i + 1}",
                              "input_size": size, "erf90_px": erf_extent(erf, 0.9),

@@ -46,11 +46,12 @@ dotted keys for ``load_config(values=...)``. Precedence: schema defaults < recip
 
 Learning rate: ``optim.lr`` is for a global batch of ``optim.lr_batch``; the loop uses
 ``lr * batch_size * world_size / lr_batch`` (linear scaling rule), so adding processes keeps the recipe.
-Checkpoints load with ``torch.load(path, weights_only=True)`` (:func:`load_checkpoint`).
+Checkpoints load with ``torch.load(path, weights_only=True)`` (:func:`load_checkpoint`, which is
+:func:`res2net.weights.read_checkpoint`, the package's one checkpoint reader).
 """
 
 from .args import add_engine_args, engine_values
-from .checkpoint import load_checkpoint, load_latest, model_state, save_atomic
+from .checkpoint import load_checkpoint, load_latest, save_atomic
 from .config import OptimConfig, RunConfig, SchedConfig, load_config, to_dict
 from .distributed import DistInfo, init_distributed, select_amp, select_device
 from .sampler import ResumableBatchSampler
@@ -60,6 +61,6 @@ from .trainer import (Context, FitResult, Task, Trainer, TrainingDiverged, build
 __all__ = [
     "Context", "DistInfo", "FitResult", "OptimConfig", "ResumableBatchSampler", "RunConfig", "SchedConfig",
     "Task", "Trainer", "TrainingDiverged", "add_engine_args", "build_loader", "engine_values", "fit",
-    "init_distributed", "load_checkpoint", "load_config", "load_latest", "model_state", "save_atomic", "seed_everything",
+    "init_distributed", "load_checkpoint", "load_config", "load_latest", "save_atomic", "seed_everything",
     "select_amp", "select_device", "to_dict",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..weights import read_checkpoint as load_checkpoint  # the one checkpoint reader (weights_only / safetensors)
 
 PathLike = Union[str, os.PathLike]
 
@@ -19,11 +21,20 @@ PathLike = Union[str, os.PathLike]
 def save_atomic(obj: Dict[str, Any], path: PathLike, keep_previous: bool = True) -> Path:
     """Write ``obj`` with :func:`torch.save` to ``path`` atomically: a temp file in the same folder, flushed
     and fsync'ed, then renamed over ``path``. With ``keep_previous`` the old file becomes ``<stem>.prev.pt``
-    first, so a readable checkpoint exists at every moment. A failed write (e.g. a full disk) removes the
-    temp file, leaves the previous checkpoint intact and raises :class:`CheckpointError`."""
+    first, so a readable checkpoint exists at every moment.
+
+    Whatever interrupts the write (a full disk, which torch reports as an OSError or a RuntimeError, any other
+    error, Ctrl-C) removes the temp file and leaves the previous checkpoint intact; errors become one
+    :class:`CheckpointError` naming the file, the reason and the free space; a KeyboardInterrupt is re-raised
+    with the same facts."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"could not write checkpoint {path}: cannot create its folder "
+                              f"({exc.strerror or exc})") from None
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    replaced = False
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -32,16 +43,41 @@ def save_atomic(obj: Dict[str, Any], path: PathLike, keep_previous: bool = True)
         if keep_previous and path.exists():
             os.replace(path, previous_path(path))
         os.replace(tmp, path)
+        replaced = True
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; "
-                              "the previous checkpoint is kept") from None
+        if replaced and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return path  # the rename happened; only the folder's fsync failed
+        kept = ("the previous checkpoint is kept" if path.exists() or previous_path(path).exists()
+                else "no earlier checkpoint exists")
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"interrupted while writing checkpoint {path}; {kept}") from None
+        if isinstance(exc, SystemExit):
+            raise
+        raise CheckpointError(f"could not write checkpoint {path}: {_write_failure(exc)}; "
+                              f"{_free_space(path.parent)}; {kept}") from None
     return path
+
+
+def _write_failure(exc: BaseException) -> str:
+    """A one-line reason for a failed write (torch reports a full disk as a RuntimeError)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc).splitlines()[0]
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:.1f} MiB free in {folder}"
 
 
 def previous_path(path: PathLike) -> Path:
@@ -50,45 +86,27 @@ def previous_path(path: PathLike) -> Path:
     return path.with_name(path.stem + ".prev" + path.suffix)
 
 
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint with ``torch.load(weights_only=True)``; a missing, truncated or corrupt file raises
-    :class:`CheckpointError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle, wrong magic: all mean "unusable file"
-        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt): "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} does not hold a dict")
-    return obj
-
-
 def load_latest(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Optional[Dict[str, Any]]:
-    """The newest usable checkpoint among ``path`` and its ``.prev`` copy, warning by file name about any
-    unreadable one; None when neither exists."""
-    found = False
+    """The newest usable checkpoint among ``path`` and its ``.prev`` copy, warning by file name about an
+    unreadable one; None when neither exists. Both present and unreadable: :class:`CheckpointError` naming
+    both (nothing is written, so they stay for inspection)."""
+    reasons: List[str] = []
     for candidate in (Path(path), previous_path(path)):
         if not candidate.exists():
             continue
-        found = True
         try:
-            return load_checkpoint(candidate, map_location)
+            state = load_checkpoint(candidate, map_location)
         except CheckpointError as exc:
-            warnings.warn(f"{exc}; trying the previous one", stacklevel=2)
-    if found:
-        raise CheckpointError(f"no readable checkpoint at {path} or {previous_path(path)}")
+            reasons.append(str(exc))
+            continue
+        if reasons:
+            warnings.warn(f"{reasons[0]}; using the previous one, {candidate}", stacklevel=2)
+        return state
+    if reasons:
+        raise CheckpointError(f"no readable checkpoint: {Path(path)} and {previous_path(path)} are both "
+                              f"unusable ({' | '.join(reasons)}); nothing was overwritten; move them away to "
+                              "start afresh")
     return None
-
-
-def model_state(obj: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The model weights of a checkpoint (ours: ``obj["model"]``; a bare state_dict is accepted too)."""
-    state = obj.get("model", obj)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError("checkpoint holds no model state_dict under 'model'")
-    return state
 
 
 def rng_state() -> Dict[str, Any]:

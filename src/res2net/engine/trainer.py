@@ -102,6 +102,11 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, loader: Iterable[Any], ctx: Context) -> Dict[str, float]:
         """Metrics of ``model`` (in eval mode, under no_grad and autocast) over the validation loader."""
 
+    def checkpoint_meta(self) -> Dict[str, Any]:
+        """What a checkpoint should say about its model for later use (saved under ``meta``; plain values):
+        e.g. the model name, class names and preprocessing, read by :func:`res2net.weights.describe_checkpoint`."""
+        return {}
+
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
         """Optimizer parameter groups (default: one group, weight decay on every parameter)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -264,7 +269,7 @@ class Trainer:
             "rng": rng_state(),
             "sampler": {"seed": self.run.seed, "epoch": epoch, "start_batch": step_in_epoch,
                         "world_size": self.dist.world_size},
-            "config": to_dict(self.cfg), "task": self.task.name,
+            "config": to_dict(self.cfg), "task": self.task.name, "meta": self.task.checkpoint_meta(),
             "history": self.history, "best": self.best, "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
         }

@@ -26,14 +26,16 @@ from ..data import (TensorImageDataset, batch_collate, classification_transforms
                     skip_collate)
 from ..data import fashion_mnist as fmnist
 from ..data.images import CIFAR_SIZE, warn_bad_files
+from ..data.preprocessing import Preprocessing
 from ..engine import (Context, FitResult, OptimConfig, RunConfig, SchedConfig, Task, add_engine_args,
-                      build_loader, engine_values, fit, load_checkpoint, load_config, model_state, select_amp,
+                      build_loader, engine_values, fit, load_config, select_amp,
                       select_device, to_dict)
 from ..engine.args import positive_int
 from ..engine.config import at_least
 from ..engine.distributed import init_distributed
 from ..errors import CheckpointError, ConfigError
 from ..models import count_macs, count_params, create_model, get_spec
+from ..weights import describe_checkpoint, model_from_checkpoint
 
 DATASETS = ("fashion-mnist", "cifar100", "imagefolder")
 DEFAULT_RECIPE = "fashion_mnist"
@@ -181,6 +183,13 @@ class ClassificationTask(Task):
 
     def build_datasets(self) -> Tuple[Dataset, Optional[Dataset]]:
         return self.data.train, self.data.test
+
+    def checkpoint_meta(self) -> Dict[str, Any]:
+        card = get_spec(self.model_name)
+        prep = Preprocessing(self.data.input_size, self.data.mean, self.data.std,
+                             1.0 if self.data.in_memory else card.crop_pct, card.interpolation)
+        return {"model": self.model_name, "classes": list(self.data.classes), "in_chans": self.data.in_chans,
+                "dataset": self.cfg.data.dataset, "preprocessing": prep.to_dict()}
 
     def prepare_batch(self, batch: Any, ctx: Context, train: bool) -> Tuple[Tensor, Tensor]:
         if self.data.in_memory:
@@ -365,10 +374,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``res2net eval``: top-1/top-5 error of a checkpoint on a data set; prints and writes JSON."""
-    ckpt = load_checkpoint(args.checkpoint)
-    state = model_state(ckpt)
-    saved = ckpt.get("config", {}) if isinstance(ckpt.get("config"), dict) else {}
-    data_values = dict(saved.get("data", {}))
+    info = describe_checkpoint(args.checkpoint)
+    name = args.model or info.model_name
+    if not name:
+        raise CheckpointError(f"{args.checkpoint} does not say which model it holds; give --model NAME")
+    data_values = dict((info.config or {}).get("data", {}))
     for key in ("train_subset", "test_subset"):
         data_values.pop(key, None)
     values = {f"data.{k}": v for k, v in data_values.items()}
@@ -376,14 +386,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
              "optim.batch_size": args.batch_size, "run.device": args.device, "run.workers": args.workers}
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_config(ClassificationConfig, None, args.overrides, values)
-    data = load_data(cfg.data, args.model, cfg.run.seed)
-    task = ClassificationTask(args.model, cfg, data)
-    model = task.build_model()
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {args.checkpoint} does not fit {args.model} with "
-                              f"{len(data.classes)} classes: {str(exc).splitlines()[0]}") from None
+    data = load_data(cfg.data, name, cfg.run.seed)
+    task = ClassificationTask(name, cfg, data)
+    model = model_from_checkpoint(info, name).model
+    if (model.num_classes, model.in_chans) != (len(data.classes), data.in_chans):
+        raise CheckpointError(f"{args.checkpoint} holds {name} for {model.num_classes} classes and {model.in_chans} "
+                              f"input channel(s); {cfg.data.dataset} has {len(data.classes)} and {data.in_chans}")
     device = select_device(cfg.run.device)
     ctx = Context(device=device, amp_dtype=select_amp(cfg.run.amp, device), channels_last=cfg.run.channels_last,
                   dist=init_distributed(cfg.run.device), out_dir=Path(args.checkpoint).parent)
@@ -396,14 +404,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = task.evaluate(model, loader, ctx)
     if not metrics:
         raise CheckpointError(f"no readable evaluation images in {cfg.data.data_dir}")
-    result = {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": cfg.data.dataset,
+    result = {"model": name, "checkpoint": str(args.checkpoint), "dataset": cfg.data.dataset,
               "images": len(data.test), "top1_error": 1 - metrics["top1"], "top5_error": 1 - metrics["top5"],
               "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
               "skipped_images": len(task.skipped)}
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"{args.model} on {cfg.data.dataset} ({len(data.test)} images): top-1 error "
+    print(f"{name} on {cfg.data.dataset} ({len(data.test)} images): top-1 error "
           f"{100 * result['top1_error']:.2f}%  top-5 error {100 * result['top5_error']:.2f}%  -> {out}")
     return 0
 
@@ -423,7 +431,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = subparsers.add_parser("eval", help="top-1/top-5 error of a checkpoint",
                               description="Evaluate a checkpoint (ours or a bare state_dict) on a data set.")
-    e.add_argument("--model", required=True, help="model name the checkpoint belongs to")
+    e.add_argument("--model", help="model name the checkpoint belongs to (default: the one our checkpoints name)")
     e.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
     e.add_argument("--dataset", choices=DATASETS, help="data set (default: the checkpoint's, else imagefolder)")
     e.add_argument("--data-dir", help="data folder")

@@ -316,14 +316,14 @@ def cmd_train(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Names
 def load_trained(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Namespace,
                  extra: Dict[str, Any]) -> Tuple[DenseTask, nn.Module, Any]:
     """Rebuild a trained model from ``--checkpoint`` (its saved config; data flags may replace the data)."""
-    from ..engine import load_checkpoint, model_state
     from ..engine.config import from_dict
+    from ..weights import describe_checkpoint, load_state_dict_strict
 
     ckpt = Path(args.checkpoint)
-    state = load_checkpoint(ckpt)
-    if "config" not in state or state.get("task") not in (None, task_cls.name):
-        raise CheckpointError(f"{ckpt}: not a {task_cls.name} checkpoint (task {state.get('task')!r})")
-    cfg = from_dict(schema, state["config"])
+    info = describe_checkpoint(ckpt)
+    if info.config is None or info.task not in (None, task_cls.name):
+        raise CheckpointError(f"{ckpt}: not a {task_cls.name} checkpoint (task {info.task!r})")
+    cfg = from_dict(schema, info.config)
     if getattr(args, "data", None) is not None or getattr(args, "data_dir", None):
         cfg.data.synthetic = getattr(args, "data", None) == "synthetic"
         cfg.data.root = getattr(args, "data_dir", None) or ""
@@ -340,10 +340,7 @@ def load_trained(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Na
         torch.manual_seed(cfg.run.seed)
         return task, task.build_model().eval(), cfg
     model = task.build_model()
-    try:
-        model.load_state_dict(model_state(state))
-    except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt}: weights do not fit the model of its config ({str(exc)[:200]})") from None
+    load_state_dict_strict(model, info.state_dict, str(ckpt))
     model.eval()
     return task, model, cfg
 
