@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import List, Optional, Union
+from typing import Any, Iterable, List, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -199,16 +199,30 @@ class OptimizedModel(nn.Module):
         return super().train(False)
 
 
-def optimize(model: nn.Module, dtype: torch.dtype = torch.float32, compile: bool = False,
-             channels_last: bool = True) -> OptimizedModel:
-    """An eval-only copy of ``model`` that computes the same function faster (see the module docstring).
+def optimize(model: nn.Module, dtype: Union[torch.dtype, str] = torch.float32, backend: str = "eager",
+             calibration: Optional[Iterable[Any]] = None, compile: bool = False, channels_last: bool = True,
+             input_size: Optional[int] = None, verify: Optional[bool] = None) -> nn.Module:
+    """An eval-only version of ``model`` that computes the same function faster, on the chosen backend.
 
     Args:
         model: any zoo model (ResNet or DLA trunk, SE, v1b, CIFAR, ``features_only``); it is not modified.
-        dtype: ``torch.float32`` (output within 1e-4 of the original) or ``torch.bfloat16`` (weights and
-            activations in bf16; warns where the device has no native bf16 convolutions).
-        compile: wrap the fused trunk in ``torch.compile`` (first call compiles: slow; needs a C++ compiler on CPU).
-        channels_last: NHWC memory format for weights and input (the fast layout for oneDNN and cuDNN).
+        dtype: ``torch.float32`` (output within 1e-4 of the original), ``torch.bfloat16`` (weights and
+            activations in bf16; warns where the device has no native bf16 convolutions) or ``"int8"``
+            (post-training static quantization calibrated on ``calibration``; onnxruntime or OpenVINO).
+        backend: ``"eager"`` (default: the fused PyTorch path below), ``"inductor"`` (the fused path under
+            ``torch.compile`` with freezing), ``"onnxruntime"``, ``"openvino"`` (the exported ONNX graph in that
+            runtime), or ``"auto"`` (the fastest installed backend for this model, input shape and dtype, timed
+            briefly at build time and cached). Details: :mod:`res2net.runtimes`.
+        calibration: an iterable of input batches (or (input, label) pairs) of real images; needed for int8.
+        compile: eager backend only: wrap the fused trunk in ``torch.compile``.
+        channels_last: eager backend only: NHWC memory format for weights and input.
+        input_size: the input side the runtime backends are built for (default: the calibration's, else the
+            model card's).
+        verify: check the result against eager on a real photo (int8: top-1 agreement on the calibration
+            images) at build time; default True for every backend but eager.
+
+    Every backend returns float32 output (a tensor, or a list for ``features_only``). A backend whose package is
+    missing raises :class:`res2net.runtimes.BackendNotInstalled` naming ``pip install 'res2net[deploy]'``.
 
     >>> import res2net
     >>> m = res2net.create_model("res2net20_cifar").eval()
@@ -216,6 +230,35 @@ def optimize(model: nn.Module, dtype: torch.dtype = torch.float32, compile: bool
     >>> bool((optimize(m)(x) - m(x)).abs().max() < 1e-4)
     True
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be a bool, got {compile!r}")
+    if isinstance(model, OptimizedModel) or hasattr(model, "runtime_backend"):
+        raise ConfigError("model is already optimized; pass the original model to optimize()")
+    from .runtimes import AUTO, BACKENDS, dtype_name
+
+    name = dtype_name(dtype)
+    if backend not in BACKENDS + (AUTO,):
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS + (AUTO,))}, got {backend!r}")
+    if backend != "eager" and (compile or not channels_last):
+        raise ConfigError(f"compile/channels_last apply to backend='eager' only, not {backend!r} "
+                          "(backend='inductor' is the compiled fused path)")
+    if backend == "eager" and not verify:
+        if name == "int8":
+            raise ConfigError("dtype 'int8' runs on backend='onnxruntime', 'openvino' or 'auto', not 'eager'")
+        return _optimize_eager(model, torch.float32 if name == "fp32" else torch.bfloat16, compile, channels_last)
+    from .runtimes import build_backend, choose_backend
+
+    if backend == AUTO:
+        return choose_backend(model, name, calibration, input_size, verify=verify is not False)
+    return build_backend(model, backend, name, calibration, input_size, verify=verify is not False,
+                         compile=compile, channels_last=channels_last)
+
+
+def _optimize_eager(model: nn.Module, dtype: torch.dtype = torch.float32, compile: bool = False,
+                    channels_last: bool = True) -> OptimizedModel:
+    """The eager fast path (see the module docstring): fused blocks, folded BN, channels_last, optional bf16."""
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
     if not isinstance(compile, bool):
