@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, Res2NetError
+from .extras import MissingExtraError, require
 
 __all__ = ["AUTO", "BACKENDS", "DTYPES", "BackendNotInstalled", "RuntimeModel", "available_backends",
            "backend_supports", "build_backend", "choose_backend", "dtype_name", "export_onnx_for_runtime",
@@ -56,8 +57,8 @@ CACHE_FILE = "backend_choice.json"
 _CHOICES: Dict[str, str] = {}
 
 
-class BackendNotInstalled(Res2NetError):
-    """A backend's package is not installed (the message names the extra to install)."""
+class BackendNotInstalled(MissingExtraError):
+    """A backend's package is not installed (the message names the backend and the extra to install)."""
 
 
 def dtype_name(dtype: Union[torch.dtype, str]) -> str:
@@ -73,8 +74,8 @@ def dtype_name(dtype: Union[torch.dtype, str]) -> str:
 def _require(package: str, backend: str) -> Any:
     module, pip_name = PACKAGES[package]
     try:
-        return importlib.import_module(module)
-    except ImportError:
+        return require(module, "deploy")
+    except MissingExtraError:
         raise BackendNotInstalled(f"backend {backend!r} needs {pip_name}, which is not installed: {EXTRA}") from None
 
 
@@ -199,7 +200,7 @@ def calibration_batches(source: Union[str, Path], size: int, mean: Sequence[floa
     else:
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
-        from .analysis.common import resize_center
+        from .data.samples import resize_center
         from .data import open_image
 
         folder = Path(source)
