@@ -28,6 +28,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
 from ..errors import DataError
+from .images import decode_failure, open_image, to_8bit
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VOC_CLASSES: Tuple[str, ...] = (
@@ -43,26 +44,34 @@ SALIENCY_LAYOUTS: Tuple[Tuple[str, str], ...] = (
 
 
 def load_rgb(path: Path) -> Tensor:
-    """An image file as a float (3, H, W) tensor in [0, 1]; DataError naming the file if unreadable."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from exc
+    """An image file as a float (3, H, W) tensor in [0, 1] (any mode, 16-bit scaled: :func:`to_8bit`);
+    DataError naming the file for anything the decoder rejects."""
+    arr = np.asarray(open_image(path, channels=3), dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """A single-channel mask PNG as a uint8 array (palette PNGs give their indices)."""
+    """A single-channel mask as an integer array, values as stored: palette PNGs give their indices, 8-bit
+    masks uint8, 16-bit masks int64 (never wrapped into 0..255: a value 256 stays 256, so that a class-id check
+    sees it). Colour masks are converted to grey."""
     if not path.is_file():
         raise DataError(f"{path}: mask file is missing")
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L", "1", "I", "I;16"):
-                im = im.convert("L")
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                return np.asarray(im).astype(np.int64)
+            if im.mode not in ("P", "L", "1"):
+                im = to_8bit(im, "L")
             return np.asarray(im).astype(np.uint8)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read mask ({exc})") from exc
+    except Exception as exc:  # any decoder rejection
+        raise DataError(f"{path}: cannot read mask ({decode_failure(exc)})") from None
+
+
+def saliency_target(mask: np.ndarray) -> np.ndarray:
+    """A saliency mask binarised at the middle of its range (8-bit: > 128, as the SOD toolkits do; 16-bit:
+    > 32896, the same level)."""
+    return mask > (128 if mask.dtype == np.uint8 else 128 * 257)
 
 
 def _check_size(mask: np.ndarray, image: Tensor, path: Path) -> None:
@@ -123,6 +132,13 @@ class DetectionDataset(Dataset):
         self.records.append({"image": image, "objects": kept, "width": width, "height": height,
                              "source": source, "image_id": len(self.records) + 1, **(extra or {})})
 
+    def finish(self, source: str) -> None:
+        """Called when every record is read: a training set left with no usable annotation is an error
+        (naming the file and what was skipped), not an empty set that fails later."""
+        if self.train and not self.records:
+            skipped = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in self.skipped.items()) or "no images"
+            raise DataError(f"{source}: no image with a usable annotation for training (skipped: {skipped})")
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -182,6 +198,7 @@ class CocoDetection(DetectionDataset):
                 self.coco = COCO(str(self.ann_file))
         except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as exc:
             raise DataError(f"{self.ann_file}: not a valid COCO instances file ({exc!r})") from exc
+        self._check_coco_json(self.coco.dataset)
         cat_ids = sorted(self.coco.getCatIds())
         if not cat_ids:
             raise DataError(f"{self.ann_file}: no categories")
@@ -198,11 +215,37 @@ class CocoDetection(DetectionDataset):
                 if ann["category_id"] not in self.cat_to_label:
                     raise DataError(f"{self.ann_file}: annotation {ann.get('id')} of {info['file_name']} has "
                                     f"category_id {ann['category_id']}, not one of the categories {cat_ids}")
-                x, y, bw, bh = ann["bbox"]
+                x, y, bw, bh = self._bbox(ann, info)
                 objects.append({"box": (x, y, x + bw, y + bh), "label": self.cat_to_label[ann["category_id"]],
                                 "iscrowd": int(ann.get("iscrowd", 0)), "ann": ann})
             self.add_record(path, objects, info["width"], info["height"], str(self.ann_file),
                             {"coco_id": img_id})
+        self.finish(str(self.ann_file))
+
+    def _check_coco_json(self, data: Any) -> None:
+        """Duplicate image or annotation ids would merge two images' annotations (pycocotools indexes by id)."""
+        for section in ("images", "annotations"):
+            items = data.get(section, []) if isinstance(data, dict) else []
+            ids = Counter(item.get("id") for item in items if isinstance(item, dict))
+            dups = sorted((i for i, n in ids.items() if n > 1), key=str)
+            if dups:
+                raise DataError(f"{self.ann_file}: duplicate {section[:-1]} ids {dups[:5]} in '{section}' "
+                                "(each id must be unique)")
+        for item in data.get("images", []) if isinstance(data, dict) else []:
+            for key in ("width", "height"):
+                value = item.get(key) if isinstance(item, dict) else None
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise DataError(f"{self.ann_file}: image {item.get('id') if isinstance(item, dict) else item!r}"
+                                    f" has {key} {value!r}; expected a positive integer")
+
+    def _bbox(self, ann: Dict[str, Any], info: Dict[str, Any]) -> Tuple[float, float, float, float]:
+        """The ``[x, y, w, h]`` of an annotation as four finite numbers (strings, nulls, NaN refused)."""
+        box = ann.get("bbox")
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box):
+            raise DataError(f"{self.ann_file}: annotation {ann.get('id')} of {info.get('file_name')} has bbox "
+                            f"{box!r}; expected [x, y, width, height] as numbers")
+        return tuple(float(v) for v in box)  # type: ignore[return-value]
 
     def object_masks(self, rec: Dict[str, Any]) -> np.ndarray:
         masks = []
@@ -266,6 +309,7 @@ class VocDetection(DetectionDataset):
             if not image.is_file():
                 raise DataError(f"{image}: image of {xml_path.name} is missing")
             self.add_record(image, objects, width, height, str(xml_path), {"stem": stem})
+        self.finish(str(listing))
 
     def object_masks(self, rec: Dict[str, Any]) -> np.ndarray:
         path = self.root / "SegmentationObject" / f"{rec['stem']}.png"
@@ -307,7 +351,7 @@ class MaskFolder(Dataset):
         mask = load_mask(mask_path)
         _check_size(mask, image, mask_path)
         if self.num_classes is None:
-            return image, torch.from_numpy(mask > 128).float()
+            return image, torch.from_numpy(saliency_target(mask)).float()
         bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
         if bad.any():
             raise DataError(f"{mask_path}: class ids {sorted(set(mask[bad].tolist()))[:5]} outside "

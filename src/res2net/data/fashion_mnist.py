@@ -39,16 +39,22 @@ HOW_TO_GET = ("install it with `apt-get install dataset-fashion-mnist` (files in
 
 
 def find_dir(data_dir: Optional[str] = None, download: bool = True) -> Path:
-    """The folder with all four files: ``data_dir``, else $RES2NET_FASHION_MNIST, else the Debian package's
-    folder, else (with ``download``, on machines with internet) torchvision's download into
-    ``~/.cache/res2net/fashion-mnist``. Raises :class:`DataError` naming the missing file otherwise."""
-    candidates: List[Path] = [Path(data_dir)] if data_dir else []
-    if not data_dir:
-        if os.environ.get("RES2NET_FASHION_MNIST"):
-            candidates.append(Path(os.environ["RES2NET_FASHION_MNIST"]))
-        candidates.append(DEFAULT_DIR)
+    """The folder with all four files. A given ``data_dir`` is the only place looked at (it or its
+    ``FashionMNIST/raw``; with ``download`` torchvision's download goes into it when the files are absent);
+    a ``data_dir`` that does not exist is an error, never a reason to use a copy found elsewhere. Without
+    ``data_dir``: $RES2NET_FASHION_MNIST, else the Debian package's folder, else the cache
+    ``~/.cache/res2net/fashion-mnist`` (downloaded into with ``download``). Raises :class:`DataError` naming
+    the missing folder or file otherwise."""
     cache = Path.home() / ".cache" / "res2net" / "fashion-mnist"
-    candidates.append(cache / "FashionMNIST" / "raw")
+    if data_dir:
+        given = Path(data_dir)
+        if not given.is_dir():
+            raise DataError(f"--data-dir {given} does not exist (or is not a folder); {HOW_TO_GET}")
+        candidates, target = [given], given
+    else:
+        candidates = [Path(os.environ["RES2NET_FASHION_MNIST"])] if os.environ.get("RES2NET_FASHION_MNIST") else []
+        candidates += [DEFAULT_DIR, cache]
+        target = cache
     for folder in candidates:
         for sub in (folder, folder / "FashionMNIST" / "raw"):
             if all((sub / name).is_file() for name in GZ_MD5):
@@ -60,8 +66,8 @@ def find_dir(data_dir: Optional[str] = None, download: bool = True) -> Path:
             from torchvision.datasets import FashionMNIST
 
             for train in (True, False):
-                FashionMNIST(str(cache), train=train, download=True)
-            return cache / "FashionMNIST" / "raw"
+                FashionMNIST(str(target), train=train, download=True)
+            return target / "FashionMNIST" / "raw"
         except Exception as exc:  # no network, proxy refusal, ...: report the original problem
             reason = f" (download failed: {type(exc).__name__})"
     else:

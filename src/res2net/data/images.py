@@ -7,10 +7,11 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
@@ -22,14 +23,51 @@ from .tensors import TensorImageDataset
 BadFile = Tuple[str, str]  # (path, reason)
 
 
-def open_image(path: str, channels: int = 3) -> Image.Image:
-    """Decode an image file as RGB (``channels=3``) or L (``channels=1``). Palette images with transparency go
-    through RGBA; alpha is dropped; CMYK and grey are converted by PIL."""
-    with Image.open(path) as img:
-        img.load()
-        if img.mode == "P":
-            img = img.convert("RGBA")
-        return img.convert("RGB" if channels == 3 else "L")
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # one channel, more than 8 bits per pixel
+
+
+def to_8bit(img: Image.Image, mode: str = "RGB") -> Image.Image:
+    """``img`` as an 8-bit ``mode`` ("RGB" or "L") image, whatever its own mode.
+
+    16-bit grey (``I;16*``, and ``I``, which PIL uses for 16-bit data) is scaled by 255/65535 instead of being
+    clipped at 255 as PIL's ``convert`` does; float images (``F``) in [0, 1] are scaled to [0, 255] (others
+    clipped); palette images with transparency and premultiplied-alpha modes go through their alpha mode;
+    alpha is dropped; CMYK, YCbCr, LAB and HSV are converted by PIL."""
+    if img.mode in HIGH_BIT_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            finite = arr[np.isfinite(arr)]
+            scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
+            arr = np.nan_to_num(arr) * scale
+        else:
+            arr = arr * (255.0 / 65535.0)
+        grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        return grey.convert(mode)
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    elif img.mode == "La":
+        img = img.convert("LA")
+    elif img.mode == "RGBa":
+        img = img.convert("RGBA")
+    return img.convert(mode)
+
+
+def open_image(path: Union[str, Path], channels: int = 3) -> Image.Image:
+    """Decode an image file as 8-bit RGB (``channels=3``) or L (``channels=1``) with :func:`to_8bit`. Any
+    rejection by the decoder (not an image, truncated, a decompression bomb, an unsupported mode, ...) raises
+    :class:`DataError` naming the file and the reason."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_8bit(img, "RGB" if channels == 3 else "L")
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, struct.error...
+        raise DataError(f"cannot decode image {path}: {decode_failure(exc)}") from None
+
+
+def decode_failure(exc: BaseException) -> str:
+    """``Type: first line`` of a decoder's exception."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def classification_transforms(train: bool, input_size: int, crop_pct: float, mean: Sequence[float],
@@ -62,8 +100,9 @@ class ImageFiles(Dataset):
         path, label = self.samples[index]
         try:
             img = open_image(path, self.channels)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            return None, label, path, f"{type(exc).__name__}: {exc}"
+        except DataError as exc:  # any decoder rejection: skipped, named and counted by the caller
+            reason, prefix = str(exc), f"cannot decode image {path}: "
+            return None, label, path, reason[len(prefix):] if reason.startswith(prefix) else reason
         return self.transform(img), label
 
 
@@ -146,6 +185,9 @@ def image_folder_split(root: Path, split: str, transform: Callable[[Any], Tensor
         samples, found, bad = scan_class_folders(folder)
         if classes is not None and found != classes:
             raise DataError(f"classes of {folder} differ from those of the training folder")
+        if classes is None and len(found) < 2:
+            raise DataError(f"{folder} holds {len(found)} class folder(s) ({', '.join(found) or 'none'}); a "
+                            "classifier needs at least 2 (one sub-folder per class)")
         classes = found
     return ImageFiles(samples, classes, transform, channels, bad)
 

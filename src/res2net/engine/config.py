@@ -4,7 +4,8 @@ A schema is any dataclass whose fields are scalars (int, float, bool, str), ``Op
 ``List[...]``/``Tuple[...]`` of them, or nested schema dataclasses (sections). :func:`load_config` reads a
 recipe (a name of ``res2net/configs/*.yaml`` or a file path), applies dotted overrides, and checks every key
 and type; an unknown key, a wrong type or a value below a field's bound (fields declared with
-:func:`at_least`, e.g. ``run.epochs >= 1``) raises a one-line :class:`~res2net.errors.ConfigError` naming the
+:func:`at_least`, :func:`between`, :func:`one_of` or :func:`device_name`, e.g. ``run.epochs >= 1``,
+``optim.label_smoothing`` in [0, 1), ``run.device`` like ``cuda:1``) raises a one-line :class:`~res2net.errors.ConfigError` naming the
 key and what is allowed. Tasks build their own top-level schema from the engine's sections
 (:class:`OptimConfig`, :class:`SchedConfig`, :class:`RunConfig`) plus their own ``model``/``data`` sections.
 """
@@ -12,6 +13,8 @@ key and what is allowed. Tasks build their own top-level schema from the engine'
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,32 +33,48 @@ def at_least(default: Any, low: float) -> Any:
     return field(default=default, metadata={"min": low})
 
 
+def between(default: Any, low: float, high: float, high_open: bool = False) -> Any:
+    """A schema field whose value (when not null) must lie in ``[low, high]`` (``[low, high)`` with
+    ``high_open``); checked when a config is read."""
+    return field(default=default, metadata={"min": low, "max": high, "max_open": high_open})
+
+
+def one_of(default: Any, *choices: Any) -> Any:
+    """A schema field whose value must be one of ``choices``; checked when a config is read."""
+    return field(default=default, metadata={"choices": tuple(choices)})
+
+
+def device_name(default: str = "auto") -> Any:
+    """A ``run.device`` field: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; checked when a config is read."""
+    return field(default=default, metadata={"pattern": (r"auto|cpu|cuda(:[0-9]+)?", "auto, cpu, cuda or cuda:N")})
+
+
 @dataclass
 class OptimConfig:
     """Optimizer and loss-side regularisation."""
 
-    name: str = "sgd"  # sgd | adamw
+    name: str = one_of("sgd", "sgd", "adamw")
     # lr for the reference batch ``lr_batch`` (linear scaling rule: lr * global_batch / lr_batch)
     lr: float = at_least(0.1, 0)
     lr_batch: int = at_least(256, 1)
-    momentum: float = at_least(0.9, 0)
+    momentum: float = between(0.9, 0, 1)
     nesterov: bool = False
     weight_decay: float = at_least(1e-4, 0)
     batch_size: int = at_least(256, 1)  # per process
-    label_smoothing: float = at_least(0.0, 0)
+    label_smoothing: float = between(0.0, 0, 1, high_open=True)
     clip_grad_norm: Optional[float] = at_least(None, 0)
-    ema_decay: Optional[float] = None  # e.g. 0.999; evaluates the EMA weights when set
+    ema_decay: Optional[float] = between(None, 0, 1, high_open=True)  # e.g. 0.999; evaluates the EMA weights
 
 
 @dataclass
 class SchedConfig:
     """Learning-rate schedule (stepped once per optimizer step, defined in epochs)."""
 
-    name: str = "multistep"  # multistep | onecycle | cosine | constant
+    name: str = one_of("multistep", "multistep", "onecycle", "cosine", "constant")
     milestones: List[int] = field(default_factory=lambda: [30, 60, 90])  # epochs, for multistep
     gamma: float = at_least(0.1, 0)
     warmup_epochs: float = at_least(0.0, 0)  # linear warm-up (multistep/cosine)
-    pct_start: float = 0.25  # onecycle: fraction of the run spent warming up
+    pct_start: float = between(0.25, 0, 1)  # onecycle: fraction of the run spent warming up
 
 
 @dataclass
@@ -65,8 +84,8 @@ class RunConfig:
     epochs: int = at_least(100, 1)
     seed: int = 0
     deterministic: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | off
+    device: str = device_name("auto")
+    amp: str = one_of("auto", "auto", "bf16", "fp16", "off")  # auto: bf16 on CPU, bf16/fp16 on CUDA
     channels_last: bool = True
     checkpoint_every: int = at_least(0, 0)  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
     log_every: int = at_least(20, 1)  # steps between JSONL step records
@@ -95,14 +114,13 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(key, a, value)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -148,21 +166,44 @@ def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "", base: 
             kwargs[key] = from_dict(tp, value or {}, full + ".", section_base)
         else:
             kwargs[key] = _coerce(full, tp, value)
-            low = _field_min(schema, key)
-            if low is not None and kwargs[key] is not None and kwargs[key] < low:
-                raise ConfigError(f"{full} must be >= {low}, got {kwargs[key]!r}")
+            _check_value(full, kwargs[key], _field_meta(schema, key))
     return dataclasses.replace(base, **kwargs) if base is not None else schema(**kwargs)
 
 
-def _field_min(schema: Type[Any], name: str) -> Optional[float]:
-    """The lower bound an :func:`at_least` field declares, in ``schema`` or in the schema it subclasses (a
-    subclass that only changes a default keeps the bound); None for other fields."""
+def _field_meta(schema: Type[Any], name: str) -> Mapping[str, Any]:
+    """The bounds a field declares (:func:`at_least`, :func:`between`, :func:`one_of`, :func:`device_name`),
+    in ``schema`` or in the schema it subclasses (a subclass that only changes a default keeps the bounds)."""
     for cls in schema.__mro__:
         if dataclasses.is_dataclass(cls):
-            low = next((f.metadata.get("min") for f in dataclasses.fields(cls) if f.name == name), None)
-            if low is not None:
-                return low
-    return None
+            meta = next((f.metadata for f in dataclasses.fields(cls) if f.name == name), None)
+            if meta:
+                return meta
+    return {}
+
+
+def _check_value(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    """Range/choice check of one coerced value (each item of a list); None passes."""
+    if value is None or not meta:
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_value(f"{key}[{i}]", item, meta)
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+    if "pattern" in meta:
+        pattern, allowed = meta["pattern"]
+        if not re.fullmatch(pattern, str(value)):
+            raise ConfigError(f"{key} must be {allowed}; got {value!r}")
+    low, high = meta.get("min"), meta.get("max")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if high is not None:
+        closing = ")" if meta.get("max_open") else "]"
+        if value < low or value > high or (meta.get("max_open") and value == high):
+            raise ConfigError(f"{key} must be in [{low}, {high}{closing}, got {value!r}")
+    elif low is not None and value < low:
+        raise ConfigError(f"{key} must be >= {low}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:

@@ -2,37 +2,38 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import Res2NetError
-from .checkpoint import load_latest, rng_state, save_atomic, set_rng_state
+import torch.distributed as dist
+
+from ..errors import CheckpointError, ConfigError, Res2NetError
+from ..weights import load_state_dict_strict
+from .checkpoint import load_latest, previous_path, rng_state, save_atomic, set_rng_state
 from .config import OptimConfig, RunConfig, SchedConfig, to_dict
-from .distributed import (DistInfo, all_reduce_mean, barrier, broadcast_buffers, init_distributed, select_amp,
-                          select_device)
+from .distributed import (DistInfo, agree, all_reduce_mean, barrier, broadcast_buffers, broadcast_object, cleanup,
+                          init_distributed, select_amp, select_device, under_torchrun)
+from .jsonio import jsonl_line
+from .runfolder import RunLock
 from .sampler import ResumableBatchSampler
-
-
-# settings whose change on resume makes the continued run differ from an uninterrupted one
-RESUME_SENSITIVE = {"optim": ("name", "lr", "lr_batch", "momentum", "nesterov", "weight_decay", "batch_size",
-                              "label_smoothing", "clip_grad_norm", "ema_decay"),
-                    "sched": ("name", "milestones", "gamma", "warmup_epochs", "pct_start"),
-                    "run": ("epochs", "seed", "amp", "channels_last")}
 
 
 class TrainingDiverged(Res2NetError):
@@ -81,6 +82,9 @@ class Task(ABC):
     collate_fn: Optional[Callable[[Any], Any]] = None  # for the DataLoader; None: torch's default_collate
     # this process's rank and world size; the Trainer sets it (to its own DistInfo) before build_datasets
     dist: DistInfo = DistInfo()
+    # config keys (dotted) a resume may change without notice, besides the engine's RESUME_FREE_KEYS: where
+    # the data lives, not what it is
+    resume_free_keys: Tuple[str, ...] = ("data.data_dir", "data.download")
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -204,7 +208,7 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 
 
 
 class JsonlLogger:
-    """Appends one JSON record per line to ``<out>/log.jsonl`` (rank 0 only); optional TensorBoard."""
+    """Appends one strict-JSON record per line to ``<out>/log.jsonl`` (rank 0 only); optional TensorBoard."""
 
     def __init__(self, path: Path, enabled: bool, tensorboard: bool = False) -> None:
         self.path, self.enabled = path, enabled
@@ -218,11 +222,12 @@ class JsonlLogger:
             self.tb = SummaryWriter(str(path.parent / "tb"))
 
     def log(self, kind: str, step: int, **values: Any) -> None:
+        """Append one record (non-finite numbers become null, see :mod:`res2net.engine.jsonio`)."""
         if not self.enabled:
             return
         rec = {"type": kind, "step": step, "time": round(time.time(), 3), **values}
         with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(jsonl_line(rec) + "\n")
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
@@ -231,17 +236,130 @@ class JsonlLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 # what only a resume needs; best.pt leaves it out (with AdamW that is two thirds of a checkpoint's size)
-RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng", "sampler", "step_in_epoch")
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng", "sampler", "step_in_epoch", "epoch_progress")
+# settings a resume may change freely: they change neither the weights nor the data order
+RESUME_FREE_KEYS = ("run.quiet", "run.workers", "run.num_threads", "run.log_every", "run.checkpoint_every",
+                    "run.tensorboard", "run.device")
+# sections whose changes the loop can absorb with a warning on an explicit --resume (the lr, the length of the
+# run); a change anywhere else (the data, the model) is refused
+RESUME_SOFT_SECTIONS = ("optim", "sched", "run")
+
+
+class Preempted(Res2NetError):
+    """SIGTERM or SIGINT stopped the run at a step boundary, after ``last.pt`` was written. ``exit_code`` is
+    128 + the signal number (143 for SIGTERM, 130 for SIGINT), so that a scheduler can requeue the job."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopSignals:
+    """SIGTERM/SIGINT handlers that only record the request; the loop stops at the next step boundary.
+
+    Installed by :meth:`Trainer.fit` for its duration (the previous handlers come back afterwards). The handler
+    never raises, so a signal that arrives while a checkpoint is written cannot cut the file."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.count = 0
+        self._previous: Dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.signum is None:
+            self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum or signal.SIGTERM)
+
+    def install(self) -> None:
+        """Take over SIGTERM and SIGINT (only possible in the main thread; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class _EvaluationInterrupted(Exception):
+    """A stop was requested while rank 0 evaluated; the evaluation is redone after the resume."""
+
+
+def _stoppable(loader: Iterable[Any], stop: StopSignals) -> Iterator[Any]:
+    for batch in loader:
+        if stop.requested:
+            raise _EvaluationInterrupted
+        yield batch
+
+
+@dataclass
+class EpochProgress:
+    """Running sums of the current epoch; saved in mid-epoch checkpoints so that a resumed epoch reports the
+    loss over all of its steps."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    lr: float = 0.0
+
+    def as_dict(self) -> Dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def config_changes(saved: Dict[str, Any], now: Dict[str, Any], prefix: str = "") -> List[str]:
+    """Dotted keys whose values differ between two nested config dicts (keys on one side only included)."""
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def resume_command() -> str:
+    """The command line that continues this run: this process's own, with ``--resume``."""
+    argv = list(sys.argv)
+    prog = Path(argv[0]).name if argv else ""
+    if prog in ("res2net", "cli.py", "__main__.py") or argv[0].endswith("res2net/cli.py"):
+        if under_torchrun():
+            return "the same torchrun command (a restarted torchrun group resumes by itself)"
+        args = [a for a in argv[1:] if a != "--resume"]
+        return shlex.join(["res2net", *args, "--resume"])
+    return "Trainer(..., resume=True).fit()"
 
 
 class Trainer:
     """Runs one task with one config into one output folder.
 
     ``cfg`` is any config dataclass with ``optim`` (:class:`OptimConfig`), ``sched`` (:class:`SchedConfig`)
-    and ``run`` (:class:`RunConfig`) sections; it is saved whole in every checkpoint. Call :meth:`fit`.
+    and ``run`` (:class:`RunConfig`) sections; it is saved whole in every checkpoint. Call :meth:`fit`, which
+    runs :meth:`set_up`, :meth:`start` (fresh or restored from ``last.pt``), then per epoch
+    :meth:`train_epoch` and :meth:`end_epoch`.
+
+    Faults: SIGTERM/SIGINT stop at the next step boundary with ``last.pt`` written (:class:`Preempted`); the
+    output folder is locked for the run (:class:`~res2net.engine.runfolder.RunLock`); under ``torchrun`` a
+    folder holding a run of the same configuration is resumed without ``resume=True`` (elastic restarts).
     """
 
     def __init__(self, task: Task, cfg: Any, out_dir: Path, resume: bool = False,
@@ -250,15 +368,39 @@ class Trainer:
         self.optim: OptimConfig = cfg.optim
         self.sched: SchedConfig = cfg.sched
         self.run: RunConfig = cfg.run
+        self.owns_group = dist_info is None and not (dist.is_available() and dist.is_initialized())
         self.dist = dist_info or init_distributed(self.run.device)
         self.device = select_device(self.run.device, self.dist.local_rank)
         self.ctx = Context(device=self.device, amp_dtype=select_amp(self.run.amp, self.device),
                            channels_last=self.run.channels_last, dist=self.dist, out_dir=self.out_dir)
         self.last_path = self.out_dir / "last.pt"
         self.best_path = self.out_dir / "best.pt"
+        # built by set_up()
+        self.raw_model: Optional[nn.Module] = None  # the task's model on the device
+        self.model: Optional[nn.Module] = None  # the same, wrapped in DDP when distributed
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+        self.scaler: Optional[torch.amp.GradScaler] = None
+        self.ema: Optional[torch.optim.swa_utils.AveragedModel] = None
+        self.train_loader: Optional[DataLoader] = None
+        self.sampler: Optional[ResumableBatchSampler] = None
+        self.val_loader: Optional[DataLoader] = None
+        self.steps_per_epoch = 0
+        self.global_batch = self.optim.batch_size * self.dist.world_size
+        self.logger = JsonlLogger(self.out_dir / "log.jsonl", False)
+        self.lock = RunLock(self.out_dir)
+        # the run's state (saved in checkpoints)
+        self.history: List[Dict[str, Any]] = []
+        self.best: Optional[float] = None
+        self.train_seconds, self.images_seen = 0.0, 0
+        self.progress = EpochProgress()
+        self.eval_pending = False  # the last epoch's training ended but its evaluation did not
+        self.stop = StopSignals()
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def _state(self, epoch: int, step_in_epoch: int) -> Dict[str, Any]:
+        assert self.raw_model is not None and self.optimizer is not None and self.scheduler is not None
+        assert self.scaler is not None
         return {
             "model": self.raw_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -266,6 +408,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.ctx.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch_progress": self.progress.as_dict() if step_in_epoch else None,
             "rng": rng_state(),
             "sampler": {"seed": self.run.seed, "epoch": epoch, "start_batch": step_in_epoch,
                         "world_size": self.dist.world_size},
@@ -284,26 +428,73 @@ class Trainer:
             weights = {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS}
             save_atomic(weights, self.best_path, keep_previous=False)
 
-    def _restore(self, state: Dict[str, Any]) -> Tuple[int, int]:
-        saved_world = state["sampler"]["world_size"]
+    def _find_checkpoint(self) -> Optional[Dict[str, Any]]:
+        """Rank 0: the checkpoint to continue from, None for a fresh run. Without ``resume`` a folder holding a
+        checkpoint is refused, except under ``torchrun``, where it is the elastic agent restarting the group."""
+        if not (self.last_path.exists() or previous_path(self.last_path).exists()):
+            return None
+        if not (self.resume or under_torchrun()):
+            raise Res2NetError(f"{self.last_path} exists; pass --resume to continue it or choose another --out")
+        state = load_latest(self.last_path)
+        if state is not None:
+            self._check_compatible(state, strict=not self.resume)
+        return state
+
+    def _check_compatible(self, state: Dict[str, Any], strict: bool) -> None:
+        """Refuse a checkpoint of another task, process count, data or model; warn about (explicit resume) or
+        refuse (automatic resume under torchrun) changed optimizer/schedule/run settings."""
+        where = self.last_path
+        saved_task = state.get("task", self.task.name)
+        if saved_task != self.task.name:
+            raise CheckpointError(f"{where} holds a {saved_task} run, not {self.task.name}; choose another --out")
+        saved_world = state.get("sampler", {}).get("world_size", self.dist.world_size)
         if saved_world != self.dist.world_size:
-            raise Res2NetError(f"{self.last_path} was written by {saved_world} process(es); resume with the "
-                               f"same number (now {self.dist.world_size})")
-        saved, now = state.get("config", {}), to_dict(self.cfg)
-        changed = [f"{sec}.{k}" for sec, keys in RESUME_SENSITIVE.items() for k in keys
-                   if k in saved.get(sec, {}) and saved[sec][k] != now.get(sec, {}).get(k)]
+            raise Res2NetError(f"{where} was written by {saved_world} process(es); resume with the same number "
+                               f"(now {self.dist.world_size})")
+        free = set(RESUME_FREE_KEYS) | set(self.task.resume_free_keys)
+        saved_cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
+        now_cfg = to_dict(self.cfg)
+        changed = [k for k in config_changes(saved_cfg, now_cfg) if k not in free]
+
+        def show(key: str) -> str:
+            node_a, node_b = saved_cfg, now_cfg
+            for part in key.split("."):
+                node_a = node_a.get(part) if isinstance(node_a, dict) else None
+                node_b = node_b.get(part) if isinstance(node_b, dict) else None
+            return f"{key} {node_a!r} -> {node_b!r}"
+
+        hard = [k for k in changed if k.split(".")[0] not in RESUME_SOFT_SECTIONS]
+        if hard or (strict and changed):
+            why = "under torchrun a run folder is only continued with the same settings" if strict and not hard \
+                else "the data or the model would change under the run"
+            raise ConfigError(f"{where} holds a run with other settings ({'; '.join(show(k) for k in (hard or changed))}); "
+                              f"{why}: give the same settings or choose another --out")
+        saved_steps = state.get("steps_per_epoch")
+        if saved_steps is not None and saved_steps != self.steps_per_epoch:
+            raise ConfigError(f"{where} was written with {saved_steps} steps per epoch, this run has "
+                              f"{self.steps_per_epoch} (the training data changed); choose another --out")
         if changed:
-            warnings.warn(f"resuming {self.last_path} with changed settings {', '.join(changed)}: the run will "
-                          "not match an uninterrupted one", stacklevel=2)
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
+            warnings.warn(f"resuming {where} with changed settings {', '.join(changed)}: the run will not match an "
+                          "uninterrupted one", stacklevel=3)
+
+    def _restore(self, state: Dict[str, Any]) -> Tuple[int, int]:
+        assert self.raw_model is not None and self.optimizer is not None and self.scheduler is not None
+        assert self.scaler is not None
+        load_state_dict_strict(self.raw_model, state["model"], source=str(self.last_path))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None and state["ema"] is not None:
+                self.ema.load_state_dict(state["ema"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{self.last_path}: optimizer/scheduler state does not fit this run "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         self.ctx.global_step = state["global_step"]
         self.history, self.best = list(state["history"]), state["best"]
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
+        progress = state.get("epoch_progress")
+        self.progress = EpochProgress(**progress) if progress else EpochProgress()
         set_rng_state(state["rng"])
         return state["epoch"], state["step_in_epoch"]
 
@@ -315,25 +506,37 @@ class Trainer:
                             device=self.device)
 
     def evaluate(self) -> Dict[str, float]:
-        """Run the task's evaluation on rank 0 (other ranks wait); returns {} elsewhere."""
+        """Run the task's evaluation on rank 0 (other ranks wait); returns {} elsewhere. A stop request stops
+        it between batches (raising :class:`_EvaluationInterrupted` on rank 0 after the ranks met)."""
         metrics: Dict[str, float] = {}
+        interrupted = False
         if self.val_loader is not None and self.dist.is_main:
             model = self.eval_model
             was = model.training
             model.eval()
-            with torch.no_grad(), self.ctx.autocast():
-                metrics = self.task.evaluate(model, self.val_loader, self.ctx)
-            model.train(was)
+            try:
+                with torch.no_grad(), self.ctx.autocast():
+                    metrics = self.task.evaluate(model, _stoppable(self.val_loader, self.stop), self.ctx)
+            except _EvaluationInterrupted:
+                interrupted = True
+            finally:
+                model.train(was)
+            if not interrupted and not metrics:
+                warnings.warn(f"evaluation of {self.out_dir} gave no metrics (no usable validation sample?)",
+                              stacklevel=2)
         barrier(self.dist)
+        if interrupted:
+            raise _EvaluationInterrupted
         return metrics
 
     @property
     def eval_model(self) -> nn.Module:
+        assert self.raw_model is not None
         return self.ema.module if self.ema is not None else self.raw_model
 
     def _is_better(self, metrics: Dict[str, float]) -> bool:
         value = metrics.get(self.task.primary_metric)
-        if value is None:
+        if value is None or not math.isfinite(value):
             return False
         if self.best is None:
             return True
@@ -341,15 +544,32 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------------
     def fit(self) -> FitResult:
-        """Train (resuming from ``last.pt`` when asked), evaluate each epoch, checkpoint, log; return results."""
-        from tqdm.auto import tqdm
+        """Train (resuming from ``last.pt`` when asked, or under torchrun), evaluate each epoch, checkpoint,
+        log; return the results. SIGTERM/SIGINT raise :class:`Preempted` after ``last.pt`` is written."""
+        self.stop.install()
+        try:
+            self.set_up()
+            start_epoch, start_batch = self.start()
+            for epoch in range(start_epoch, self.run.epochs):
+                self.train_epoch(epoch, start_batch if epoch == start_epoch else 0)
+                self.end_epoch(epoch)
+            barrier(self.dist)
+            return self._result()
+        finally:
+            self.stop.restore()
+            self.logger.close()
+            self.lock.release()
+            if self.owns_group:
+                cleanup(self.dist)
 
+    def set_up(self) -> None:
+        """Seed, lock the output folder (rank 0), build the model, data, loaders, optimizer, schedule, EMA."""
         run, task = self.run, self.task
         if run.num_threads:
             torch.set_num_threads(run.num_threads)
         seed_everything(run.seed, run.deterministic)
         if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()  # also proves the folder writable before any work
         model = task.build_model().to(self.device)
         if run.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -357,51 +577,81 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = model
         task.dist = self.dist  # a task's data set-up may depend on the rank (e.g. rank 0 writes shared files)
         train_set, val_set = task.build_datasets()
-        train_loader, sampler = self._loader(train_set, train=True)
+        self.train_loader, self.sampler = self._loader(train_set, train=True)
         self.val_loader = self._loader(val_set, train=False)[0] if val_set is not None else None
-        steps_per_epoch = len(sampler)
-        global_batch = self.optim.batch_size * self.dist.world_size
+        self.steps_per_epoch = len(self.sampler)
         self.optimizer = build_optimizer(task.param_groups(self.raw_model), self.optim,
-                                         scaled_lr(self.optim, global_batch))
-        self.scheduler = build_scheduler(self.optimizer, self.sched, steps_per_epoch, run.epochs)
+                                         scaled_lr(self.optim, self.global_batch))
+        self.scheduler = build_scheduler(self.optimizer, self.sched, self.steps_per_epoch, run.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.ctx.amp_dtype == torch.float16)
-        self.ema: Optional[torch.optim.swa_utils.AveragedModel] = None
         if self.optim.ema_decay:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 self.raw_model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.optim.ema_decay),
                 use_buffers=True)
-        self.history: List[Dict[str, Any]] = []
-        self.best: Optional[float] = None
-        self.train_seconds, self.images_seen = 0.0, 0
-        logger = JsonlLogger(self.out_dir / "log.jsonl", self.dist.is_main, run.tensorboard)
+        self.logger = JsonlLogger(self.out_dir / "log.jsonl", self.dist.is_main, run.tensorboard)
 
-        start_epoch, start_batch = 0, 0
-        if self.resume:
-            state = load_latest(self.last_path)
-            if state is not None:
-                start_epoch, start_batch = self._restore(state)
-                logger.log("resume", self.ctx.global_step, epoch=start_epoch, batch=start_batch)
-        elif self.dist.is_main and self.last_path.exists():
-            raise Res2NetError(f"{self.last_path} exists; pass --resume to continue it or choose another --out")
+    def start(self) -> Tuple[int, int]:
+        """(epoch, batch) to start at: (0, 0), or where ``last.pt`` left off. Rank 0 decides and reads the
+        checkpoint; the other ranks receive its decision and state (so the folder may be rank 0's alone)."""
+        decision: Tuple[str, Any] = ("fresh", None)
+        if self.dist.is_main:
+            try:
+                state = self._find_checkpoint()
+                decision = ("resume", state) if state is not None else ("fresh", None)
+            except Res2NetError as exc:
+                decision = ("error", exc)
+        decision = broadcast_object(decision, self.dist)
+        if decision[0] == "error":
+            raise decision[1]
+        if decision[0] == "fresh":
+            return 0, 0
+        epoch, batch = self._restore(decision[1])
+        self.eval_pending = batch == self.steps_per_epoch
+        self.logger.log("resume", self.ctx.global_step, epoch=epoch, batch=batch)
+        return epoch, batch
+
+    def _should_stop(self) -> bool:
+        """Whether any rank was asked to stop (every rank gets the same answer)."""
+        return agree(self.stop.requested, self.dist)
+
+    def _preempt(self, epoch: int, step_in_epoch: int, save: bool = True) -> None:
+        """Write ``last.pt`` at this step boundary (unless just written) and raise :class:`Preempted`."""
+        if save:
+            self.save(epoch, step_in_epoch)
         barrier(self.dist)
+        shown_epoch = epoch + 1 if step_in_epoch else epoch
+        where = self.last_path if self.dist.is_main else f"{self.last_path} (written by rank 0)"
+        raise Preempted(f"interrupted at epoch {shown_epoch} step {step_in_epoch}; checkpoint {where}; resume with: "
+                        f"{resume_command()}", self.stop.exit_code)
 
+    def train_epoch(self, epoch: int, first: int) -> None:
+        """Optimizer steps ``first..steps_per_epoch-1`` of ``epoch``; a stop request is honoured (checkpoint,
+        :class:`Preempted`) at the boundary before a step, and a periodic checkpoint written after one."""
+        from tqdm.auto import tqdm
+
+        assert self.sampler is not None and self.train_loader is not None and self.model is not None
+        assert self.optimizer is not None and self.scheduler is not None and self.scaler is not None
+        run, task = self.run, self.task
+        self.ctx.epoch = epoch
+        self.sampler.set_epoch(epoch, first)
+        if first == 0:
+            self.progress = EpochProgress(lr=self.optimizer.param_groups[0]["lr"])
+        self.model.train()
         show = self.dist.is_main and not run.quiet
-        for epoch in range(start_epoch, run.epochs):
-            self.ctx.epoch = epoch
-            sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-            model.train()
-            first = start_batch if epoch == start_epoch else 0
-            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{run.epochs}",
-                       disable=not show, leave=False, dynamic_ncols=True)
-            loss_sum, loss_n, n_epoch = 0.0, 0, 0
-            lr = self.optimizer.param_groups[0]["lr"]
-            t_epoch = t_last = time.perf_counter()
-            for i, batch in enumerate(train_loader, start=first):
+        bar = tqdm(total=self.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{run.epochs}",
+                   disable=not show, leave=False, dynamic_ncols=True)
+        t_last = time.perf_counter()
+        try:
+            for i, batch in enumerate(self.train_loader, start=first):
+                if self._should_stop():  # before the batch touches any RNG: the state is that of step i
+                    self.progress.seconds += time.perf_counter() - t_last
+                    self._preempt(epoch, i)
                 batch = task.prepare_batch(batch, self.ctx, train=True)
                 with self.ctx.autocast():
-                    loss, extra = task.training_step(model, batch, self.ctx)
+                    loss, extra = task.training_step(self.model, batch, self.ctx)
                 loss_value = float(all_reduce_mean(loss.detach().float(), self.dist))
                 if not math.isfinite(loss_value):
                     kept = self.last_path if self.last_path.exists() else "none written yet"
@@ -411,56 +661,79 @@ class Trainer:
                 self.scaler.scale(loss).backward()
                 if self.optim.clip_grad_norm:
                     self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.optim.clip_grad_norm)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.clip_grad_norm)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
                 if self.ema is not None:
+                    assert self.raw_model is not None
                     self.ema.update_parameters(self.raw_model)
                 self.ctx.global_step += 1
-                n_epoch += global_batch
-                self.images_seen += global_batch
+                self.images_seen += self.global_batch
                 now = time.perf_counter()
                 dt, t_last = now - t_last, now  # loading + step time of this batch
                 self.train_seconds += dt
-                loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
-                lr = self.optimizer.param_groups[0]["lr"]
+                p = self.progress
+                p.loss_sum, p.steps, p.images, p.seconds = (p.loss_sum + loss_value, p.steps + 1,
+                                                            p.images + self.global_batch, p.seconds + dt)
+                p.lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
                 if show:
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{global_batch / dt:.0f}")
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{p.lr:.4g}",
+                                    img_s=f"{self.global_batch / dt:.0f}")
                 if self.ctx.global_step % max(1, run.log_every) == 0:
-                    logger.log("step", self.ctx.global_step, epoch=epoch + 1, loss=loss_value, lr=lr,
-                               images_per_second=global_batch / dt, **extra)
+                    self.logger.log("step", self.ctx.global_step, epoch=epoch + 1, loss=loss_value, lr=p.lr,
+                                    images_per_second=self.global_batch / dt, **extra)
                 if run.checkpoint_every and self.ctx.global_step % run.checkpoint_every == 0 \
-                        and i + 1 < steps_per_epoch:
+                        and i + 1 < self.steps_per_epoch:
                     self.save(epoch, i + 1)
                     t_last = time.perf_counter()
+        finally:
             bar.close()
-            broadcast_buffers(self.raw_model, self.dist)  # BN statistics of the last steps differ per rank
-            epoch_seconds = time.perf_counter() - t_epoch
-            last = epoch + 1 == run.epochs
-            metrics = self.evaluate() if (last or (epoch + 1) % max(1, run.eval_every) == 0) else {}
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, loss_n), "lr": lr,
-                      "epoch_seconds": epoch_seconds, "images_per_second": n_epoch / max(epoch_seconds, 1e-9),
-                      **metrics}
-            self.history.append(record)
-            logger.log("epoch", self.ctx.global_step, **record)
-            if self.dist.is_main:
-                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                    for k, v in record.items()), file=sys.stderr)
-            better = self._is_better(metrics)
-            if better:
-                self.best = metrics[task.primary_metric]
-            self.save(epoch + 1, 0, best=better)
-        logger.close()
-        barrier(self.dist)
+
+    def end_epoch(self, epoch: int) -> None:
+        """Synchronise BatchNorm buffers, evaluate (when due), record the epoch, write checkpoints. A stop
+        request during the evaluation saves the trained epoch with its evaluation pending."""
+        assert self.raw_model is not None
+        run, task = self.run, self.task
+        broadcast_buffers(self.raw_model, self.dist)  # BN statistics of the last steps differ per rank
+        last = epoch + 1 == run.epochs
+        t_eval = time.perf_counter()
+        try:
+            due = last or (epoch + 1) % max(1, run.eval_every) == 0
+            metrics = self.evaluate() if due else {}
+        except _EvaluationInterrupted:
+            self._preempt(epoch, self.steps_per_epoch)
+        self.eval_pending = False
+        p = self.progress
+        epoch_seconds = p.seconds + time.perf_counter() - t_eval
+        record = {"epoch": epoch + 1, "train_loss": p.loss_sum / max(1, p.steps), "lr": p.lr,
+                  "epoch_seconds": epoch_seconds, "images_per_second": p.images / max(epoch_seconds, 1e-9),
+                  **metrics}
+        self.history.append(record)
+        self.logger.log("epoch", self.ctx.global_step, **record)
+        if self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in record.items()), file=sys.stderr)
+        better = self._is_better(metrics)
+        if better:
+            self.best = metrics[task.primary_metric]
+        self.progress = EpochProgress()
+        self.save(epoch + 1, 0, best=better)
+        if not last and self._should_stop():
+            self._preempt(epoch + 1, 0, save=False)
+
+    def _result(self) -> FitResult:
+        task = self.task
         final = next((h for h in reversed(self.history) if task.primary_metric in h), {})
         metrics = {k: v for k, v in final.items() if k not in ("epoch", "train_loss", "lr", "epoch_seconds",
                                                                 "images_per_second")}
         return FitResult(model=self.eval_model, history=self.history, metrics=metrics,
                          train_seconds=self.train_seconds,
                          images_per_second=self.images_seen / max(self.train_seconds, 1e-9),
-                         epochs=run.epochs, out_dir=self.out_dir)
+                         epochs=self.run.epochs, out_dir=self.out_dir)
 
 
 def fit(task: Task, cfg: Any, out_dir: Path, resume: bool = False) -> FitResult:
