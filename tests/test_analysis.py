@@ -170,7 +170,7 @@ def test_receptive_field_command(tmp_path: Path) -> None:
 
 # ---- ablation ----------------------------------------------------------------------------------------------------
 def test_ablation_variants_and_plan() -> None:
-    from res2net.analysis.ablation import BUDGETS, VARIANTS, plan
+    from res2net.tasks.ablation import BUDGETS, VARIANTS, plan
     from res2net.models import count_params
 
     params = {n: count_params(VARIANTS[n].build(10, 1)) for n in ("48w2s", "26w4s", "14w8s", "26w8s")}

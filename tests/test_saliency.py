@@ -115,11 +115,15 @@ def test_steps_count_global_batches_from_the_trainers_dist_info(tmp_path):
     other_rank = SaliencyTask(cfg, tmp_path)
     other_rank.dist = DistInfo(rank=1, world_size=4)
     # rank 1 waits for rank 0's scenes: none were written
+    other_rank.prepare_data()
     with pytest.raises(DataError, match="saliency data folder not found"):
         other_rank.build_datasets()
     task = SaliencyTask(cfg, tmp_path)
     assert task.dist == DistInfo()  # a single process outside torchrun
     task.dist = DistInfo(rank=0, world_size=4)
+    with pytest.raises(RuntimeError, match="prepare_data"):  # the data step is explicit
+        task.build_datasets()
+    task.prepare_data()
     train_set, val_set = task.build_datasets()
     assert len(train_set) == 3 * 2 * 4 and len(val_set) == 2
 

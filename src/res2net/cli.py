@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -13,11 +14,12 @@ from .errors import Res2NetError
 # and sets ``func`` (a callable taking the parsed args, returning an exit code or None) on its parsers.
 SUBCOMMAND_MODULES = [
     "res2net.zoo_cli",  # models, info
-    "res2net.tasks.classification",  # train, eval
-    "res2net.analysis.cli",  # complexity, ablation, cam, receptive-field
-    "res2net.tasks.dense_cli",  # detect, segment, saliency
+    "res2net.commands.train",  # train, eval
+    "res2net.commands.analysis",  # complexity, ablation, cam, receptive-field
+    "res2net.commands.dense",  # detect, segment, saliency
     "res2net.bench",  # bench
     "res2net.export",  # export
+    "res2net.convert",  # convert
 ]
 
 
@@ -39,8 +41,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The whole message of ``exc`` on one line (a multi-line message is joined, not cut)."""
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.strerror:
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        text = f"{exc.strerror}: {' -> '.join(names)}" if names else exc.strerror
+    else:
+        text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Bad input rather than a bug: the package's errors, bad values and keys, file-system refusals, any
+    image decoder's rejection (PIL's DecompressionBombError is no OSError), memory a bad size asked for."""
+    if isinstance(exc, (Res2NetError, ValueError, KeyError, OSError, MemoryError)):
+        return True
+    if type(exc).__module__.split(".")[0] == "PIL":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _leave_process_group() -> None:
+    """Destroy the torch.distributed process group if the command formed one (imports nothing otherwise)."""
+    if "torch.distributed" in sys.modules:
+        from .engine.distributed import cleanup
+
+        cleanup()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``res2net`` console script; user errors print one line and exit with 2."""
+    """Entry point of the ``res2net`` console script. Exit codes: 0 done; 2 a user error (one line: what and
+    where); 130 / 143 stopped by SIGINT / SIGTERM (training saves a checkpoint first and says how to resume);
+    1 an unexpected error (one line; ``RES2NET_DEBUG=1`` shows the traceback)."""
     from .runtime import keep_freed_memory
 
     keep_freed_memory()  # reuse freed activation buffers instead of page-faulting them in every step
@@ -49,15 +85,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    prefix = f"res2net {args.command}"
     try:
         return int(args.func(args) or 0)
-    except (Res2NetError, ValueError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"res2net {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"res2net {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"{prefix}: interrupted{': ' + _one_line(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        code = getattr(exc, "exit_code", None)
+        if isinstance(code, int):  # e.g. engine.trainer.Preempted: a requested stop, not an error
+            print(f"{prefix}: {_one_line(exc)}", file=sys.stderr)
+            return code
+        if os.environ.get("RES2NET_DEBUG"):
+            raise
+        if _is_user_error(exc):
+            hint = " (out of memory: lower the batch or image size)" if isinstance(exc, (MemoryError, RuntimeError)) \
+                else ""
+            name = "" if isinstance(exc, (Res2NetError, ValueError, KeyError, OSError)) else f"{type(exc).__name__}: "
+            print(f"{prefix}: error: {name}{_one_line(exc)}{hint}", file=sys.stderr)
+            return 2
+        print(f"{prefix}: error: unexpected {type(exc).__name__}: {_one_line(exc)} (RES2NET_DEBUG=1 shows the "
+              "traceback)", file=sys.stderr)
+        return 1
+    finally:
+        _leave_process_group()
 
 
 if __name__ == "__main__":

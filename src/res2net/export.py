@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .engine.args import positive_int
+from .commands.common import positive_int
 from .errors import Res2NetError
 
 __all__ = ["EXPORTERS", "FORMATS", "ExportError", "export_model", "real_input", "register", "verify_onnx",

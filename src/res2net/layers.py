@@ -149,8 +149,9 @@ class Res2NetBlock(nn.Module):
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 norm_layer: Optional[NormLayer] = None, relu: bool = True, dilation: int = 1) -> List[nn.Module]:
-    """Layers of a conv (no bias) + norm (+ ReLU), as a list to splice into an ``nn.Sequential``."""
+                 norm_layer: Optional[NormLayer] = None, relu: bool = True, dilation: int = 1) -> nn.Sequential:
+    """A conv (no bias) + norm (+ ReLU) as an ``nn.Sequential`` (keys ``0``, ``1``); splice it into another
+    Sequential with ``*conv_bn_relu(...)`` where the official key layout wants the layers flat."""
     norm_layer = norm_layer or nn.BatchNorm2d
     layers: List[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
@@ -159,7 +160,7 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: 
     ]
     if relu:
         layers.append(nn.ReLU(inplace=True))
-    return layers
+    return nn.Sequential(*layers)
 
 
 def init_weights(model: nn.Module, zero_init_last: bool = False) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from .engine.args import positive_int
+from .commands.common import positive_int
 from .models.registry import create_model, get_spec, list_models, model_card, model_complexity
 
 

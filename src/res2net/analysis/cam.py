@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .common import pyplot, save_image_grid
+from ..reporting import pyplot, save_image_grid
 
 
 def resolve_layer(model: nn.Module, layer: Optional[str] = None) -> nn.Module:

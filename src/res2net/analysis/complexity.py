@@ -5,29 +5,22 @@ Conventions:
 - MACs: torch's ``FlopCounterMode`` total / 2 (one multiply-accumulate = 2 FLOPs), counted on the meta device.
 - Latency: ``warmup`` untimed forwards, then the median of ``repeats`` timed forwards (eval mode, no_grad,
   fp32, the current thread count). CUDA runs are synchronised around each timed call.
-- Peak memory of one image (``input_size``): on CUDA, ``torch.cuda.max_memory_allocated`` minus the memory held
-  before the model was built. On CPU torch's allocator keeps no statistics, so each model is measured in a
-  fresh Python process: the kernel's peak-RSS mark (``VmHWM`` of /proc/self/status, reset through
-  /proc/self/clear_refs before each measurement) minus the resident size before the model is built (the
-  interpreter + torch). ``ru_maxrss`` is not used: Linux carries it over from the parent across exec.
-  The figure therefore counts weights, activations, gradients (training step: forward + cross-entropy backward, no optimizer state) and allocator slack,
-  as the paper's "Memory" column (GPU memory of a training step) does.
+- Peak memory of one image (``input_size``): :func:`res2net.profiling.peak_memory_mb`, the benchmarks' definition
+  too: the torch tensors alive during the step (CUDA: the allocator's peak; CPU: torch's ``MemTracker``), i.e.
+  weights, activations, temporaries and, in a training step (forward + cross-entropy backward, no optimizer
+  state), gradients, as the paper's "Memory" column (GPU memory of a training step) counts them. The
+  interpreter, torch's own libraries and allocator slack are not counted.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
-import subprocess
-import sys
-import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import Res2NetError
 from ..models import create_model, get_spec, list_models, model_complexity
+from ..profiling import measure_latency, peak_memory_mb
 
 # Paper Table 3 FLOPs column (GMACs at 224x224); other rows have no published figure in the paper.
 PAPER_GMACS = {"res2net50_48w_2s": 4.2, "res2net50_26w_4s": 4.2, "res2net50_14w_8s": 4.2,
@@ -46,30 +39,6 @@ def resolve_models(patterns: Sequence[str]) -> List[str]:
     return names
 
 
-def measure_latency(model: nn.Module, batch_size: int, input_size: int, in_chans: int = 3, warmup: int = 2,
-                    repeats: int = 5, device: Optional[torch.device] = None) -> float:
-    """Median wall time (ms) of one forward of a ``batch_size`` batch after ``warmup`` untimed forwards."""
-    if batch_size < 1 or repeats < 1 or warmup < 0:
-        raise ValueError(f"batch_size and repeats must be >= 1 and warmup >= 0; got {batch_size}, {repeats}, "
-                         f"{warmup}")
-    device = device or next(model.parameters()).device
-    x = torch.randn(batch_size, in_chans, input_size, input_size, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    was_training = model.training
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
-    model.train(was_training)
-    return statistics.median(times)
-
-
 def _step(model: nn.Module, x: torch.Tensor, train: bool) -> None:
     if train:
         model.train()
@@ -80,60 +49,13 @@ def _step(model: nn.Module, x: torch.Tensor, train: bool) -> None:
             model(x)
 
 
-def _vm_kb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return float(line.split()[1])
-    raise Res2NetError(f"/proc/self/status has no {field}: peak memory needs Linux on CPU")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where /proc does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _memory_probe(name: str, input_size: int) -> Dict[str, float]:
-    """Run in a fresh process: peak RSS (MB) above the RSS before the model is built, for inference and for a
-    training step. VmHWM (the kernel's peak-RSS mark) is reset before each; where it cannot be reset, the
-    training figure is the peak of both (a training step needs more than inference anyway)."""
-    base = _vm_kb("VmRSS")
-    _reset_peak_rss()
-    model = create_model(name)
-    x = torch.randn(1, 3, input_size, input_size)
-    _step(model, x, train=False)
-    infer = (_vm_kb("VmHWM") - base) / 1024
-    _reset_peak_rss()
-    _step(model, x, train=True)
-    return {"peak_mem_infer_mb": infer, "peak_mem_train_mb": (_vm_kb("VmHWM") - base) / 1024}
-
-
 def measure_memory(name: str, input_size: int = 224, device: Optional[torch.device] = None) -> Dict[str, float]:
-    """Peak memory (MB) of one ``input_size`` image in inference and in a training step (see module doc)."""
+    """Peak memory (MiB) of one ``input_size`` image in inference and in a training step (see module doc)."""
     device = device or torch.device("cpu")
-    if device.type == "cuda":
-        result = {}
-        for key, train in (("peak_mem_infer_mb", False), ("peak_mem_train_mb", True)):
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-            model = create_model(name).to(device)
-            _step(model, torch.randn(1, 3, input_size, input_size, device=device), train)
-            result[key] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-            del model
-        return result
-    code = (f"import json; from res2net.analysis.complexity import _memory_probe; "
-            f"print(json.dumps(_memory_probe({name!r}, {int(input_size)})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise Res2NetError(f"memory probe of {name} failed: {tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    model = create_model(name).to(device)
+    x = torch.randn(1, 3, input_size, input_size, device=device)
+    return {key: peak_memory_mb(lambda train=train: _step(model, x, train), device, [model])
+            for key, train in (("peak_mem_infer_mb", False), ("peak_mem_train_mb", True))}
 
 
 def complexity_row(name: str, input_size: int = 224, batch_size: int = 16, warmup: int = 2, repeats: int = 5,
@@ -167,7 +89,7 @@ def json_keys(batch_size: int) -> List[str]:
 def report_lines(rows: Sequence[Dict[str, Any]], input_size: int, batch_size: int, command: str,
                  device: str = "cpu") -> List[str]:
     """report.md of the complexity command."""
-    from .common import md_table
+    from ..reporting import md_table
 
     def fmt(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
@@ -187,7 +109,7 @@ def report_lines(rows: Sequence[Dict[str, Any]], input_size: int, batch_size: in
 
 def plot(rows: Sequence[Dict[str, Any]], path: Any, batch_size: int) -> None:
     """Latency (batch N) and GMACs against params, one labelled point per model."""
-    from .common import pyplot
+    from ..reporting import pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -14,6 +14,7 @@ d x| summed over the input channels and averaged over images (eval mode), normal
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -78,7 +79,7 @@ def theoretical_rf(model: nn.Module) -> List[Dict[str, Any]]:
     paths, jump = _through([model.conv1], Counter({1: 1}), 1)
     records = [_record("stem", 0, paths, jump)]  # C1: the stem output, before the max-pool
     paths, jump = _through([model.maxpool], paths, jump)
-    for s_idx, stage in enumerate(model.stages, start=1):
+    for s_idx, stage in enumerate(model.stage_modules(), start=1):
         for b_idx, block in enumerate(stage):
             paths, jump = block_paths(block, paths, jump)
             records.append(_record(f"stage{s_idx}", b_idx, paths, jump))
@@ -97,9 +98,9 @@ def bottleneck_of(name: str) -> nn.Module:
     spec = get_spec(name)
     if spec.family != "resnet":
         raise ValueError(f"receptive-field theory covers ResNet-family models; {name!r} is a {spec.family} model")
-    arch = dict(spec.arch, scale=1, base_width=64, cardinality=1)
+    arch = dataclasses.replace(spec.arch, scale=1, base_width=64, cardinality=1)
     with torch.device("meta"):
-        return ResNet(**arch, num_classes=0)
+        return arch.build(num_classes=0)
 
 
 def effective_rf(model: nn.Module, images: Tensor) -> List[Tensor]:
@@ -139,7 +140,7 @@ def erf_inputs(images: Sequence[Tensor], size: int, in_chans: int, mean: Sequenc
 
 def theory_plot(records: Dict[str, List[Dict[str, Any]]], path: Any) -> None:
     """Distinct receptive-field sizes and paths per block, and the final size distribution, per model."""
-    from .common import pyplot
+    from ..reporting import pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -163,7 +164,7 @@ def theory_plot(records: Dict[str, List[Dict[str, Any]]], path: Any) -> None:
 
 def erf_plot(maps: Dict[str, List[Tensor]], path: Any) -> None:
     """Grid of ERF maps: one row per model, one column per stage output (sqrt scale for visibility)."""
-    from .common import pyplot, save_image_grid
+    from ..reporting import pyplot, save_image_grid
 
     plt = pyplot()
     rows = list(maps.items())

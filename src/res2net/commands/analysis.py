@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
 
-from ..engine.args import positive_int
+from ..analysis.common import trained_model
 from ..data.samples import sample_images
-from .common import md_table, out_dir, trained_model, write_csv, write_json
-
-
-def _command(name: str) -> str:
-    return f"res2net {name} " + " ".join(sys.argv[2:]) if sys.argv[1:2] == [name] else f"res2net {name}"
+from ..reporting import md_table, out_dir, write_csv, write_json
+from ..tasks.ablation import BUDGETS, DATA_CARDS, VARIANTS, plan, sweep, write_report
+from .common import command_line, positive_int
 
 
 def _device(name: str) -> torch.device:
@@ -30,7 +30,7 @@ def cmd_complexity(args: argparse.Namespace) -> int:
     """Params, MACs, latency and peak memory of each model; ``--json`` prints the list to stdout."""
     from tqdm.auto import tqdm
 
-    from .complexity import DEFAULT_PATTERNS, complexity_row, json_keys, plot, report_lines, resolve_models
+    from ..analysis.complexity import DEFAULT_PATTERNS, complexity_row, json_keys, plot, report_lines, resolve_models
 
     if args.batch_size < 2:
         raise ValueError(f"--batch-size must be >= 2 (batch 1 is always measured), got {args.batch_size}")
@@ -46,11 +46,11 @@ def cmd_complexity(args: argparse.Namespace) -> int:
         write_csv(out / "complexity.csv", rows)
         plot(rows, out / "complexity.png", args.batch_size)
         (out / "report.md").write_text("\n".join(report_lines(rows, args.input_size, args.batch_size,
-                                                              _command("complexity"), str(device))))
+                                                              command_line("complexity"), str(device))))
     if args.json:
         print(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
     else:
-        print("\n".join(report_lines(rows, args.input_size, args.batch_size, _command("complexity"),
+        print("\n".join(report_lines(rows, args.input_size, args.batch_size, command_line("complexity"),
                                      str(device))[4:-2]))
     return 0
 
@@ -58,7 +58,7 @@ def cmd_complexity(args: argparse.Namespace) -> int:
 # ---- cam -----------------------------------------------------------------------------------------------------
 def cmd_cam(args: argparse.Namespace) -> int:
     """Grad-CAM of one model (or two, side by side) on images or the scikit-image samples."""
-    from .cam import overlay_figure, run_cam
+    from ..analysis.cam import overlay_figure, run_cam
     from ..data.samples import load_image, resize_center
 
     if args.compare_checkpoint and not args.compare:
@@ -85,7 +85,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
                for r in results for (n, _), t, lab in zip(shown, r["targets"], r["labels"])]
     write_json(out / "cam.json", {"layer": args.layer or "last stage", "results": summary})
     torch.save({r["model"]: r["maps"] for r in results}, out / "maps.pt")
-    lines = ["# Grad-CAM", "", f"Command: `{_command('cam')}`", "",
+    lines = ["# Grad-CAM", "", f"Command: `{command_line('cam')}`", "",
              f"Layer: {args.layer or 'last stage'}; weights: "
              + ", ".join(f"{n} {'(' + str(c) + ')' if c else '(random: no checkpoint)'}"
                          for n, c in [(args.model, args.checkpoint), (args.compare, args.compare_checkpoint)] if n),
@@ -99,7 +99,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
 def cmd_receptive_field(args: argparse.Namespace) -> int:
     """Theoretical receptive-field sets vs the bottleneck, and measured ERFs vs the baseline."""
     from ..models import create_model, get_spec
-    from .receptive_field import (bottleneck_of, effective_rf, erf_extent, erf_inputs, erf_plot, theoretical_rf,
+    from ..analysis.receptive_field import (bottleneck_of, effective_rf, erf_extent, erf_inputs, erf_plot, theoretical_rf,
                                   theory_plot)
 
     spec = get_spec(args.name)
@@ -136,7 +136,7 @@ def cmd_receptive_field(args: argparse.Namespace) -> int:
     write_csv(out / "erf.csv", erf_rows)
 
     last = {label: recs[-1] for label, recs in theory.items()}
-    lines = ["# Receptive fields", "", f"Command: `{_command('receptive-field')}`", "",
+    lines = ["# Receptive fields", "", f"Command: `{command_line('receptive-field')}`", "",
              "## Theory: receptive-field sizes created per block", "",
              "Sizes in input pixels; `paths` counts distinct input-to-output paths (see docs/ANALYSES.md).", ""]
     lines += md_table(["model", "blocks", "distinct sizes (last block)", "paths", "min", "mean", "max"],
@@ -172,7 +172,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", metavar="DIR", help="also write report.md, complexity.{json,csv,png} there")
     c.set_defaults(func=cmd_complexity)
 
-    from .ablation import register as register_ablation
 
     register_ablation(subparsers)
 
@@ -201,3 +200,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--images", type=positive_int, default=4, help="number of sample photos averaged (default 4)")
     r.add_argument("--out", default="runs/receptive-field", metavar="DIR", help="report folder")
     r.set_defaults(func=cmd_receptive_field)
+
+
+# ---- ablation ------------------------------------------------------------------------------------------------
+def cmd_ablation(args: argparse.Namespace) -> int:
+    """``res2net ablation``: run (or continue) the sweep, then write the report."""
+    budget = BUDGETS[args.budget]
+    for flag in ("epochs", "train_subset", "test_subset"):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+            budget = dataclasses.replace(budget, **{flag: value})
+    if args.dataset == "cifar100" and not args.data_dir:
+        raise ValueError("--data-dir is required for --dataset cifar100 (the python-version folder)")
+    runs = plan(budget, args.seeds, args.variants)
+    out = out_dir(args.out)
+    start = time.perf_counter()
+    records = sweep(runs, out, args.dataset, budget, args.overrides, args.data_dir, args.device, args.resume)
+    write_report(out, records, args.dataset, args.budget, time.perf_counter() - start, command_line("ablation"))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def register_ablation(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``ablation`` to the ``res2net`` command."""
+    a = subparsers.add_parser("ablation", help="scale/cardinality/depth sweep (Fig. 4) and Table 3 at small size",
+                              description="Train small variants of one common base on a real data set through "
+                              "the training engine; resumable (--resume continues unfinished runs).")
+    a.add_argument("--dataset", choices=tuple(DATA_CARDS), default="fashion-mnist")
+    a.add_argument("--data-dir", help="data folder (fashion-mnist: default /usr/share/datasets/fashion-mnist)")
+    a.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
+                   help="; ".join(f"{k}: {b.note}" for k, b in BUDGETS.items()))
+    a.add_argument("--seeds", type=positive_int, help="seeds per variant (default: the budget's)")
+    a.add_argument("--variants", nargs="+", metavar="NAME", help=f"subset of: {', '.join(VARIANTS)}")
+    a.add_argument("--epochs", type=positive_int, help="epochs per run (default: the budget's)")
+    a.add_argument("--train-subset", type=positive_int, metavar="N", help="training images (default: the budget's)")
+    a.add_argument("--test-subset", type=positive_int, metavar="N", help="test images (default: the budget's)")
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="engine/recipe override for every run, e.g. --set optim.lr=0.1 (repeatable)")
+    a.add_argument("--out", default="runs/ablation", metavar="DIR", help="report folder and results store")
+    a.add_argument("--resume", action="store_true", help="continue the sweep in --out (skip finished runs)")
+    a.set_defaults(func=cmd_ablation)

@@ -1,8 +1,10 @@
-"""Command-line flags shared by every training command (``train``, ``detect``, ``segment``, ...)."""
+"""What every ``res2net`` command shares: argparse types, the engine's training flags (``train``, ``detect``,
+``segment``, ``saliency``) and the command line echoed into reports."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, Dict
 
 # flag destination -> dotted config key (the flag wins over the recipe, ``--set`` wins over the flag)
@@ -56,3 +58,12 @@ def add_engine_args(parser: argparse.ArgumentParser, default_config: str) -> Non
 def engine_values(args: argparse.Namespace) -> Dict[str, Any]:
     """The dotted config values given by the shared flags (None where a flag was not given)."""
     return {key: getattr(args, dest, None) for dest, key in FLAG_KEYS.items()}
+
+
+def command_line(name: str) -> str:
+    """The command being run as the user typed it (``res2net <name> ...``), for reports; ``res2net <name>`` when
+    called from Python."""
+    words = name.split()
+    if sys.argv[1:1 + len(words)] == words:
+        return " ".join(["res2net", *words, *sys.argv[1 + len(words):]])
+    return f"res2net {name}"

@@ -1,5 +1,6 @@
-"""Real photos for checks and figures: scikit-image's sample photos, image files, and the resize + centre crop
-that brings them to a model's input (used by the analyses, export verification and prediction)."""
+"""Real photos and image files: scikit-image's sample photos, reading, listing and writing image files, and the
+resize + centre crop that brings a photo to a model's input (used by the analyses, export verification,
+prediction and the dense tasks' visualisations)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ..errors import DataError
+from .dense import IMAGE_EXTS
 from .images import open_image
 
 SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -55,3 +58,27 @@ def resize_center(img: Tensor, size: int, in_chans: int = 3, crop_pct: float = 1
     elif in_chans != 3:
         img = img.mean(0, keepdim=True).expand(in_chans, -1, -1)
     return img.clamp(0, 1)
+
+
+def list_images(path: Path) -> List[Path]:
+    """One image file, or every image in a folder (sorted); DataError if there is none."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such image file or folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTS)})")
+    return files
+
+
+def save_png(image: Tensor, path: Path) -> Path:
+    """Save a (3, H, W) or (H, W) uint8 tensor as PNG."""
+    arr = image.detach().cpu()
+    arr = arr.permute(1, 2, 0) if arr.dim() == 3 else arr
+    Image.fromarray(arr.numpy()).save(path)
+    return path
+
+
+def to_uint8(image: Tensor) -> Tensor:
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)

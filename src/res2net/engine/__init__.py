@@ -39,10 +39,9 @@ Configuration: a task declares a top-level dataclass holding the engine's sectio
 (``optim.*``), :class:`SchedConfig` (``sched.*``), :class:`RunConfig` (``run.*``) plus its own sections, and
 reads it with :func:`load_config(schema, recipe, overrides, values)` from a packaged recipe
 (``res2net/configs/<name>.yaml``) or a YAML path; unknown keys and wrong types raise one-line
-:class:`~res2net.errors.ConfigError` naming the key and what is allowed. CLI: :func:`add_engine_args`
-adds the shared flags (``--config --epochs --batch-size --seed --deterministic --out --resume
---checkpoint-every --quiet --device --amp --workers --set KEY=VALUE``) and :func:`engine_values` maps them to
-dotted keys for ``load_config(values=...)``. Precedence: schema defaults < recipe < flags < ``--set``.
+:class:`~res2net.errors.ConfigError` naming the key and what is allowed. The command-line flags that fill it
+(``--config --epochs --batch-size ... --set KEY=VALUE``) live with the commands
+(:mod:`res2net.commands.common`). Precedence: schema defaults < recipe < flags < ``--set``.
 
 Learning rate: ``optim.lr`` is for a global batch of ``optim.lr_batch``; the loop uses
 ``lr * batch_size * world_size / lr_batch`` (linear scaling rule), so adding processes keeps the recipe.
@@ -50,7 +49,6 @@ Checkpoints load with ``torch.load(path, weights_only=True)`` (:func:`load_check
 :func:`res2net.weights.read_checkpoint`, the package's one checkpoint reader).
 """
 
-from .args import add_engine_args, engine_values
 from .checkpoint import load_checkpoint, load_latest, save_atomic
 from .config import OptimConfig, RunConfig, SchedConfig, load_config, to_dict
 from .distributed import DistInfo, init_distributed, select_amp, select_device
@@ -60,7 +58,7 @@ from .trainer import (Context, FitResult, Task, Trainer, TrainingDiverged, build
 
 __all__ = [
     "Context", "DistInfo", "FitResult", "OptimConfig", "ResumableBatchSampler", "RunConfig", "SchedConfig",
-    "Task", "Trainer", "TrainingDiverged", "add_engine_args", "build_loader", "engine_values", "fit",
+    "Task", "Trainer", "TrainingDiverged", "build_loader", "fit",
     "init_distributed", "load_checkpoint", "load_config", "load_latest", "save_atomic", "seed_everything",
     "select_amp", "select_device", "to_dict",
 ]

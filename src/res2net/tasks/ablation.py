@@ -14,19 +14,15 @@ store; ``--resume`` skips finished runs and continues a killed one from its ``la
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
-from ..engine.args import positive_int
 from ..errors import ConfigError
 from ..models import ResNet, count_macs, count_params
 
@@ -215,7 +211,7 @@ def summarize(records: Sequence[Dict[str, Any]], latency: Dict[str, float]) -> L
 
 def fig4(rows: Sequence[Dict[str, Any]], path: Path, dataset: str) -> None:
     """Test accuracy against params, one curve per dimension, mean with min-max spread over seeds."""
-    from .common import pyplot
+    from ..reporting import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -242,7 +238,7 @@ def fig4(rows: Sequence[Dict[str, Any]], path: Path, dataset: str) -> None:
 def variant_latency(names: Sequence[str], num_classes: int, in_chans: int, input_size: int, input_pool: int = 1,
                     batch_size: int = 64) -> Dict[str, float]:
     """Median CPU forward latency (ms) of each variant at ``batch_size`` (see :func:`measure_latency`)."""
-    from .complexity import measure_latency
+    from ..profiling import measure_latency
 
     return {n: measure_latency(VARIANTS[n].build(num_classes, in_chans, input_pool).eval(), batch_size, input_size,
                                in_chans, warmup=2, repeats=5) for n in names}
@@ -251,7 +247,7 @@ def variant_latency(names: Sequence[str], num_classes: int, in_chans: int, input
 def write_report(out: Path, records: Sequence[Dict[str, Any]], dataset: str, budget_name: str, wall: float,
                  command: str) -> List[Dict[str, Any]]:
     """summary.json/csv, fig4.png and report.md of a finished sweep."""
-    from .common import md_table, write_csv, write_json
+    from ..reporting import md_table, write_csv, write_json
 
     first = records[0]
     in_chans = 1 if dataset == "fashion-mnist" else 3
@@ -285,48 +281,3 @@ def write_report(out: Path, records: Sequence[Dict[str, Any]], dataset: str, bud
               "shared machine)."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return rows
-
-
-def cmd_ablation(args: argparse.Namespace) -> int:
-    """``res2net ablation``: run (or continue) the sweep, then write the report."""
-    from .common import out_dir
-
-    budget = BUDGETS[args.budget]
-    for flag in ("epochs", "train_subset", "test_subset"):
-        value = getattr(args, flag)
-        if value is not None:
-            if value < 1:
-                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-            budget = dataclasses.replace(budget, **{flag: value})
-    if args.dataset == "cifar100" and not args.data_dir:
-        raise ValueError("--data-dir is required for --dataset cifar100 (the python-version folder)")
-    runs = plan(budget, args.seeds, args.variants)
-    out = out_dir(args.out)
-    start = time.perf_counter()
-    records = sweep(runs, out, args.dataset, budget, args.overrides, args.data_dir, args.device, args.resume)
-    command = "res2net ablation " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["ablation"] else "res2net ablation"
-    write_report(out, records, args.dataset, args.budget, time.perf_counter() - start, command.strip())
-    print(f"report: {out / 'report.md'}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``ablation`` to the ``res2net`` command."""
-    a = subparsers.add_parser("ablation", help="scale/cardinality/depth sweep (Fig. 4) and Table 3 at small size",
-                              description="Train small variants of one common base on a real data set through "
-                              "the training engine; resumable (--resume continues unfinished runs).")
-    a.add_argument("--dataset", choices=tuple(DATA_CARDS), default="fashion-mnist")
-    a.add_argument("--data-dir", help="data folder (fashion-mnist: default /usr/share/datasets/fashion-mnist)")
-    a.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
-                   help="; ".join(f"{k}: {b.note}" for k, b in BUDGETS.items()))
-    a.add_argument("--seeds", type=positive_int, help="seeds per variant (default: the budget's)")
-    a.add_argument("--variants", nargs="+", metavar="NAME", help=f"subset of: {', '.join(VARIANTS)}")
-    a.add_argument("--epochs", type=positive_int, help="epochs per run (default: the budget's)")
-    a.add_argument("--train-subset", type=positive_int, metavar="N", help="training images (default: the budget's)")
-    a.add_argument("--test-subset", type=positive_int, metavar="N", help="test images (default: the budget's)")
-    a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="engine/recipe override for every run, e.g. --set optim.lr=0.1 (repeatable)")
-    a.add_argument("--out", default="runs/ablation", metavar="DIR", help="report folder and results store")
-    a.add_argument("--resume", action="store_true", help="continue the sweep in --out (skip finished runs)")
-    a.set_defaults(func=cmd_ablation)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,8 +28,9 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from ..data.dense import CocoDetection, VocDetection, collate_detection, detection_transforms
 from ..errors import ConfigError, DataError
 from ..models import get_spec
-from .dense_common import (DenseModelConfig, DenseTask, build_backbone, check_classes, dense_config, save_png,
-                           to_uint8)
+from ..data.samples import save_png, to_uint8
+from .dense_config import DenseModelConfig, dense_config
+from .dense_task import DenseTask, build_backbone, check_classes
 
 COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_small", "mar_medium",
              "mar_large")
@@ -218,8 +219,16 @@ class DetectionTask(DenseTask):
         else:
             raise DataError(f"{root}: neither a COCO folder (annotations/instances_{split}.json) nor a VOC "
                             "folder (ImageSets/Main)")
-        self.cfg.model.classes = check_classes(self.cfg.model.classes, ds.classes, root)
+        check_classes(self.cfg.model.classes, ds.classes, root)
         return ds
+
+    def read_classes(self, root: Path) -> List[str]:
+        """The object classes of the validation split's annotations."""
+        saved, self.cfg.model.classes = self.cfg.model.classes, []  # read, not compared, here
+        try:
+            return list(self.make_datasets(root, train=False).classes)
+        finally:
+            self.cfg.model.classes = saved
 
     @property
     def classes(self) -> List[str]:
@@ -227,7 +236,7 @@ class DetectionTask(DenseTask):
 
     def build_model(self) -> nn.Module:
         if not self.classes:
-            self.make_datasets(self.data_root(), train=False)
+            raise ConfigError("the detector's classes are unknown: run prepare_data() first (or load a checkpoint)")
         return build_detector(self.cfg.model, len(self.classes) + 1, self.cfg.data.image_size)
 
     def training_step(self, model: nn.Module, batch: Any, ctx: Any) -> Tuple[Tensor, Dict[str, float]]:

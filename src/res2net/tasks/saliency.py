@@ -19,8 +19,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data.dense import MaskFolder, dense_transforms, saliency_pairs
-from .dense_common import DenseModelConfig, DenseTask, Normalize, build_backbone, dense_config, save_png, to_uint8
-from .segmentation import conv_bn_relu
+from ..data.samples import save_png, to_uint8
+from ..layers import conv_bn_relu
+from .dense_config import DenseModelConfig, dense_config
+from .dense_task import DenseTask, Normalize, build_backbone
 
 BETA2 = 0.3
 

@@ -20,10 +20,11 @@ from torchvision.utils import draw_segmentation_masks
 from ..data.dense import (IGNORE_INDEX, VOC_CLASSES, MaskFolder, dense_transforms, read_class_list,
                           segmentation_pairs)
 from ..data.scenes import voc_palette
-from .. import layers
+from ..layers import conv_bn_relu
 from ..errors import ConfigError
-from .dense_common import (DenseModelConfig, DenseTask, Normalize, build_backbone, check_classes, dense_config,
-                           save_png, to_uint8)
+from ..data.samples import save_png, to_uint8
+from .dense_config import DenseModelConfig, dense_config
+from .dense_task import DenseTask, Normalize, build_backbone, check_classes
 
 
 @dataclass
@@ -36,11 +37,6 @@ class SegmentationModelConfig(DenseModelConfig):
 
 
 SegmentationConfig = dense_config(SegmentationModelConfig)
-
-
-def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    """A head's conv (no bias) + BatchNorm + ReLU, from the zoo's one definition (:func:`layers.conv_bn_relu`)."""
-    return nn.Sequential(*layers.conv_bn_relu(cin, cout, k))
 
 
 class DeepLabV3Plus(nn.Module):
@@ -100,16 +96,19 @@ class SegmentationTask(DenseTask):
     def classes(self) -> List[str]:
         return self.cfg.model.classes
 
+    def read_classes(self, root: Path) -> List[str]:
+        """``background`` and the folder's class list (``class_names.txt``, else VOC's 20 classes)."""
+        return ["background"] + list(read_class_list(root, VOC_CLASSES))
+
     def make_datasets(self, root: Path, train: bool) -> Dataset:
-        found = ["background"] + list(read_class_list(root, VOC_CLASSES))
-        self.cfg.model.classes = check_classes(self.cfg.model.classes, found, root)
+        check_classes(self.cfg.model.classes, self.read_classes(root), root)
         split = self.cfg.data.train_split if train else self.cfg.data.val_split
         return MaskFolder(segmentation_pairs(root, split), num_classes=len(self.classes),
                           transforms=dense_transforms(self.cfg.data.image_size, train), source=str(root))
 
     def build_model(self) -> nn.Module:
         if not self.classes:
-            self.make_datasets(self.data_root(), train=False)
+            raise ConfigError("the segmentation classes are unknown: run prepare_data() first (or load a checkpoint)")
         return DeepLabV3Plus(self.cfg.model, len(self.classes))
 
     def training_step(self, model: nn.Module, batch: Any, ctx: Any) -> Tuple[Tensor, Dict[str, float]]:

@@ -1,0 +1,20 @@
+"""Image classification on the shared engine (``res2net train`` / ``res2net eval``, in
+:mod:`res2net.commands.train`).
+
+``res2net train`` with no arguments runs the embedded default: the ``fashion_mnist`` recipe trains a small
+Res2Net and its same-budget ResNet baseline on Fashion-MNIST and writes ``metrics.json``, ``report.md``,
+``curves.png`` and ``confusion.png`` to ``--out`` (default ``runs/<timestamp>``). See docs/TRAINING.md.
+
+- :mod:`.config`: the schema (``ClassificationConfig``: model, data, optim, sched, run sections);
+- :mod:`.data`: the data sets of a config (``load_data``) with their preprocessing;
+- :mod:`.task`: the engine Task (``ClassificationTask``);
+- :mod:`.report`: metrics.json, report.md and the plots of a run.
+"""
+
+from .config import DATASETS, DEFAULT_RECIPE, ClassificationConfig, DataSection, ModelSection
+from .data import ClassificationData, load_data
+from .report import model_summary, write_report
+from .task import ClassificationTask
+
+__all__ = ["DATASETS", "DEFAULT_RECIPE", "ClassificationConfig", "ClassificationData", "ClassificationTask",
+           "DataSection", "ModelSection", "load_data", "model_summary", "write_report"]

@@ -1,0 +1,89 @@
+"""The classification data sets of a config, with the preprocessing rule of :mod:`res2net.data.preprocessing`."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.data import Dataset
+
+from ...data import (TensorImageDataset, classification_transforms, image_folder_split, load_cifar100,
+                     load_fashion_mnist)
+from ...data.preprocessing import NATIVE_SIZES, Preprocessing, dataset_preprocessing
+from ...errors import ConfigError
+from ...weights import card_preprocessing
+from .config import DATASETS, DataSection
+
+
+@dataclass
+class ClassificationData:
+    """Train/evaluation sets and how to feed them."""
+
+    train: Dataset
+    test: Dataset
+    classes: List[str]
+    in_chans: int
+    preprocessing: Preprocessing  # input size, crop, interpolation, mean/std (data.preprocessing's rule)
+    in_memory: bool  # TensorImageDataset: batched augmentation in prepare_batch
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
+
+    @property
+    def mean(self) -> Tuple[float, ...]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> Tuple[float, ...]:
+        return self.preprocessing.std
+
+
+@functools.lru_cache(maxsize=2)
+def _tensor_sets(dataset: str, data_dir: Optional[str], download: bool) -> Dict[str, TensorImageDataset]:
+    if dataset == "fashion-mnist":
+        return load_fashion_mnist(data_dir, download=download)
+    if not data_dir:
+        raise ConfigError("data.data_dir (--data-dir) is required for cifar100")
+    return load_cifar100(data_dir)
+
+
+def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> ClassificationData:
+    """The data sets of ``cfg`` with the preprocessing of the paper (or of the Fashion-MNIST recipe)."""
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)}; got {cfg.dataset!r}")
+    if cfg.train_scales is not None and (not cfg.train_scales or any(not 0 < x <= 4 for x in cfg.train_scales)):
+        raise ConfigError(f"data.train_scales must be a non-empty list of fractions of the input size in (0, 4]; "
+                          f"got {cfg.train_scales}")
+    prep = dataset_preprocessing(cfg.dataset, card_preprocessing(model_name), cfg.input_size)
+    if cfg.dataset in NATIVE_SIZES:  # the in-memory sets
+        sets = _tensor_sets(cfg.dataset, cfg.data_dir, cfg.download)
+        train, test = sets["train"], sets["test"]
+        if cfg.train_subset:
+            train = train.subset(cfg.train_subset, seed)
+        if cfg.test_subset:
+            test = test.subset(cfg.test_subset, seed)
+        return ClassificationData(train, test, train.classes, train.images.shape[1],
+                                  prep.for_channels(train.images.shape[1]), in_memory=True)
+    if not cfg.data_dir:
+        raise ConfigError("data.data_dir (--data-dir) is required for imagefolder: a folder with train/ and "
+                          f"{cfg.val_split}/")
+    root = Path(cfg.data_dir)
+    tf = functools.partial(classification_transforms, input_size=prep.input_size, crop_pct=prep.crop_pct,
+                           mean=prep.mean, std=prep.std, interpolation=prep.interpolation)
+    train_files = image_folder_split(root, "train", tf(train=True))
+    test_files = image_folder_split(root, cfg.val_split, tf(train=False), classes=train_files.classes)
+    train_set: Dataset = train_files
+    test_set: Dataset = test_files
+    if cfg.train_subset or cfg.test_subset:
+        g = torch.Generator().manual_seed(seed)
+        if cfg.train_subset:
+            train_set = torch.utils.data.Subset(train_files, torch.randperm(len(train_files), generator=g)
+                                                [:cfg.train_subset].tolist())
+        if cfg.test_subset:
+            test_set = torch.utils.data.Subset(test_files, torch.randperm(len(test_files), generator=g)
+                                               [:cfg.test_subset].tolist())
+    return ClassificationData(train_set, test_set, train_files.classes, 3, prep, in_memory=False)

@@ -1,0 +1,99 @@
+"""The report of a ``res2net train`` run: metrics.json, report.md, curves.png and confusion.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from ...engine import FitResult, to_dict
+from ...models import count_macs, count_params, create_model, get_spec
+from .config import ClassificationConfig
+from .data import ClassificationData
+
+
+def model_summary(name: str, result: FitResult, data: ClassificationData, skipped: int) -> Dict[str, Any]:
+    """The metrics.json entry of one trained model."""
+    with torch.device("meta"):
+        meta_model = create_model(name, num_classes=len(data.classes), in_chans=data.in_chans)
+    epoch_times = [h["epoch_seconds"] for h in result.history]
+    return {
+        "test_top1": result.metrics.get("top1", float("nan")), "test_top5": result.metrics.get("top5", float("nan")),
+        "params": count_params(meta_model), "macs": count_macs(meta_model, data.input_size, data.in_chans),
+        "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
+        "skipped_images": skipped, "epochs": result.epochs,
+        "epoch_seconds": epoch_times, "history": result.history,
+    }
+
+
+def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Dict[str, Optional[Tensor]],
+                 classes: List[str], cfg: ClassificationConfig, wall_seconds: float, command: str) -> None:
+    """metrics.json, report.md, curves.png (loss and accuracy per epoch) and confusion.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"models": summaries, "dataset": cfg.data.dataset, "wall_seconds": wall_seconds,
+               "command": command, "config": to_dict(cfg)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, s in summaries.items():
+        epochs = [h["epoch"] for h in s["history"]]
+        ax_loss.plot(epochs, [h["train_loss"] for h in s["history"]], "-o", label=f"{name} train")
+        ev = [(h["epoch"], h["loss"], h["top1"]) for h in s["history"] if "top1" in h]
+        ax_loss.plot([e[0] for e in ev], [e[1] for e in ev], "--s", label=f"{name} test")
+        ax_acc.plot([e[0] for e in ev], [100 * e[2] for e in ev], "-o", label=name)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="test top-1 accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+    shown = {n: c for n, c in confusions.items() if c is not None}
+    if shown:
+        fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 5), squeeze=False)
+        for ax, (name, conf) in zip(axes[0], shown.items()):
+            norm = conf.float() / conf.sum(1, keepdim=True).clamp(min=1)
+            ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+            ax.set(title=name, xlabel="predicted", ylabel="true")
+            if len(classes) <= 20:
+                ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+                ax.set_yticks(range(len(classes)), classes, fontsize=7)
+                for i in range(len(classes)):
+                    for j in range(len(classes)):
+                        if conf[i, j]:
+                            ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=6,
+                                    color="white" if norm[i, j] > 0.5 else "black")
+        fig.tight_layout()
+        fig.savefig(out / "confusion.png", dpi=110)
+        plt.close(fig)
+
+    lines = [f"# Classification report ({cfg.data.dataset})", "", f"Command: `{command}`", "",
+             f"Wall time: {wall_seconds:.0f} s", "",
+             "| model | params | MACs | top-1 err (%) | top-5 err (%) | epochs | train s | s/epoch | img/s | skipped |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in summaries.items():
+        per_epoch = sum(s["epoch_seconds"]) / max(1, len(s["epoch_seconds"]))
+        lines.append(f"| {name} | {s['params']:,} | {s['macs'] / 1e6:.1f}M | {100 * (1 - s['test_top1']):.2f} | "
+                     f"{100 * (1 - s['test_top5']):.2f} | {s['epochs']} | {s['train_seconds']:.0f} | "
+                     f"{per_epoch:.1f} | {s['images_per_second']:.0f} | {s['skipped_images']} |")
+    for name, s in summaries.items():
+        base = get_spec(name).baseline
+        if base in summaries:
+            b = summaries[base]
+            ratio = (sum(s["epoch_seconds"]) / len(s["epoch_seconds"])) / \
+                (sum(b["epoch_seconds"]) / len(b["epoch_seconds"]))
+            lines += ["", f"{name} vs its same-budget baseline {base}: top-1 "
+                      f"{100 * s['test_top1']:.2f}% vs {100 * b['test_top1']:.2f}%, params {s['params']:,} vs "
+                      f"{b['params']:,}, time per epoch x{ratio:.2f}."]
+    lines += ["", "![curves](curves.png)", "", "![confusion](confusion.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
