@@ -49,12 +49,13 @@ class ExportError(Res2NetError):
 def real_input(size: int, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                in_chans: int = 3) -> Tensor:
     """scikit-image's astronaut photo, resized and centre-cropped to ``size`` x ``size`` (grey when ``in_chans``
-    is 1) and normalized: a (1, in_chans, size, size) batch."""
+    is 1) and normalized (default: ImageNet statistics): a (1, in_chans, size, size) batch."""
     from .data import normalize
     from .data.samples import resize_center, sample_images
+    from .models.registry import IMAGENET_MEAN, IMAGENET_STD
 
     img = resize_center(sample_images(["astronaut"])[0][1], size, in_chans)
-    return normalize(img[None], mean or (0.485, 0.456, 0.406), std or (0.229, 0.224, 0.225))
+    return normalize(img[None], mean or IMAGENET_MEAN, std or IMAGENET_STD)
 
 
 def _check_outputs(what: str, key: str, eager: Union[Tensor, List[Tensor]], got: List[np.ndarray], atol: float,

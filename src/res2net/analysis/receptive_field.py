@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -175,8 +175,3 @@ def erf_plot(maps: Dict[str, List[Tensor]], path: Any) -> None:
             axes[i][j].imshow(erf.sqrt().numpy(), cmap="inferno")
             axes[i][j].set_title(f"{label}\nC{j + 1}", fontsize=8)
     save_image_grid(fig, axes, path)
-
-
-def baseline_name(name: str) -> Optional[str]:
-    """The same-budget ResNet of a model card (None when the card names none)."""
-    return get_spec(name).baseline
