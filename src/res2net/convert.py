@@ -1,0 +1,297 @@
+"""``res2net convert``: move Res2Net weights between key layouts (official = ours, timm, torchvision, mmdet,
+mmpretrain, detectron2), verified before anything is written.
+
+The source layout and, without ``--model``, the model are detected from the keys and shapes
+(:mod:`res2net.layouts`). The converted tensors are written to a temporary file next to DST, read back, loaded
+strictly into the target's reference model (ours for ``official``; timm's and torchvision's own models where they
+are installed; the mmdet/mmpretrain/detectron2 key/shape sets derived from their source code otherwise), converted
+back and compared bit for bit with the source; only then does ``os.replace`` put the file at DST. DST is never
+overwritten by a file that failed any of these checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import layouts
+from .errors import CheckpointError
+from .models import create_model, get_spec
+from .weights import read_checkpoint, unwrap_state_dict
+
+FORMATS = ("pth", "safetensors", "pkl")
+PathLike = Union[str, "os.PathLike[str]"]
+
+# numpy's array reconstruction: the only globals a detectron2 .pkl (a dict of numpy arrays) needs
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+}
+
+
+@dataclass
+class ConvertReport:
+    """What :func:`convert_checkpoint` did: model, layouts, tensors written, keys left out, how it verified."""
+
+    src: str
+    dst: str
+    model: str
+    source_layout: str
+    target_layout: str
+    fmt: str
+    tensors: int
+    prefix: str = ""
+    candidates: List[str] = field(default_factory=list)  # other models with the same keys and shapes
+    dropped: List[str] = field(default_factory=list)  # official keys the target layout has no place for
+    absent: List[str] = field(default_factory=list)  # official keys the source did not hold
+    verified_against: str = ""
+
+    def lines(self) -> List[str]:
+        """A short human-readable account (the CLI prints it)."""
+        out = [f"{self.src}: {self.model} weights in the {self.source_layout} layout"
+               + (f" (prefix {self.prefix!r} stripped)" if self.prefix else "")]
+        if self.candidates:
+            out.append(f"  same keys and shapes as: {', '.join(self.candidates)} (took {self.model}; "
+                       "pass --model to choose)")
+        if self.absent:
+            out.append(f"  not in the source: {_summarise(self.absent)}")
+        if self.dropped:
+            out.append(f"  left out ({self.target_layout} has no place for them): {_summarise(self.dropped)}")
+        out.append(f"  verified: {self.verified_against}; converting back gives bit-identical tensors")
+        out.append(f"wrote {self.dst} ({self.target_layout} layout, {self.fmt}, {self.tensors} tensors)")
+        return out
+
+
+def _summarise(keys: List[str]) -> str:
+    heads = sorted({k.rsplit(".", 1)[0] for k in keys})
+    shown = ", ".join(heads[:4]) + (f" ... (+{len(heads) - 4} more modules)" if len(heads) > 4 else "")
+    return f"{len(keys)} keys ({shown})"
+
+
+# ---- reading and writing --------------------------------------------------------------------------------------
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts/lists/strings/numbers and numpy arrays only: any other global is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def _to_tensors(obj: Any) -> Any:
+    """numpy arrays (and 0-d numpy scalars) -> tensors, recursively through dicts."""
+    import numpy as np
+
+    if isinstance(obj, Mapping):
+        return {k: _to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return torch.from_numpy(np.array(obj, copy=True))
+    return obj
+
+
+def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
+    """The state dict in a ``.pth``/``.pt``/``.bin`` (``torch.load(weights_only=True)``), ``.safetensors`` or
+    detectron2 ``.pkl`` file (numpy arrays only; any other pickled object is refused), unwrapped."""
+    path = Path(path)
+    if path.suffix != ".pkl":
+        return unwrap_state_dict(read_checkpoint(path), str(path))
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read as a pickle of numpy arrays: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    return unwrap_state_dict(_to_tensors(obj), str(path))
+
+
+def _write(state_dict: Dict[str, Tensor], path: Path, fmt: str, meta: Dict[str, str]) -> None:
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata=meta)
+    elif fmt == "pkl":  # detectron2's model-zoo format: numpy arrays under "model", "__author__" required
+        with open(path, "wb") as f:
+            pickle.dump({"model": {k: v.numpy() for k, v in state_dict.items()}, "__author__": "res2net convert",
+                         "matching_heuristics": True}, f, protocol=4)
+    else:
+        torch.save(state_dict, path)
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.detach().reshape(-1).contiguous().view(torch.uint8),
+                       b.detach().reshape(-1).contiguous().view(torch.uint8))
+
+
+# ---- verification ---------------------------------------------------------------------------------------------
+def _strict(model: torch.nn.Module, state_dict: Dict[str, Tensor], what: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(f"the converted file does not load strictly into {what}: {len(missing)} missing "
+                              f"({', '.join(missing[:3])}), {len(unexpected)} unexpected "
+                              f"({', '.join(unexpected[:3])}), {len(mismatched)} shape mismatches")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def verify_layout(state_dict: Dict[str, Tensor], model_name: str, layout: str) -> str:
+    """Load ``state_dict`` strictly into ``layout``'s reference model of ``model_name``; returns what it was.
+
+    official: our model; timm / torchvision: their own models when installed; mmdet / mmpretrain /
+    detectron2 (not installable here): the key/shape set derived from their source (tests/fixtures/layouts)."""
+    spec = get_spec(model_name)
+    has_head = any(k.startswith(("fc.", "head.fc.")) for k in state_dict)
+    if layout == "official":
+        model = create_model(spec.name, num_classes=None if has_head else 0)
+        if spec.family == "dla" and layouts.dropped_keys(spec.name, "timm")[0] not in state_dict:
+            model = layouts._build_trunk(spec, num_classes=spec.num_classes if has_head else 0,
+                                         keep_unused_project=False)
+            _strict(model, state_dict, f"our {spec.name} built without the unused project shortcuts")
+            return f"our {spec.name} (strict, without the unused DLA project keys)"
+        _strict(model, state_dict, f"our {spec.name}")
+        return f"our {spec.name} (strict)"
+    if layout == "timm":
+        try:
+            import timm
+        except ImportError:
+            timm = None
+        if timm is not None:
+            model = timm.create_model(spec.timm_name, pretrained=False, num_classes=1000 if has_head else 0)
+            _strict(model, state_dict, f"timm's {spec.timm_name}")
+            return f"timm {timm.__version__} {spec.timm_name} (strict)"
+    if layout == "torchvision":
+        try:
+            import torchvision
+        except ImportError:
+            torchvision = None
+        if torchvision is not None:
+            model = getattr(torchvision.models, layouts.TORCHVISION_NAMES[spec.name])()
+            if not has_head:
+                model.fc = torch.nn.Identity()
+            _strict(model, state_dict, f"torchvision's {layouts.TORCHVISION_NAMES[spec.name]}")
+            return f"torchvision {torchvision.__version__} {layouts.TORCHVISION_NAMES[spec.name]} (strict)"
+    expected = layouts.layout_shapes(spec.name, layout)
+    score = layouts.detect_layout(state_dict, spec.name, (layout,)).scores[0]
+    if not score.exact or score.prefix:
+        raise CheckpointError(f"the converted file does not match the {layout} keys of {spec.name}: "
+                              + score.describe())
+    return f"the {layout} key/shape set of {spec.name} ({len(expected)} keys, from {layouts.LAYOUT_SOURCES[layout]})"
+
+
+# ---- conversion -----------------------------------------------------------------------------------------------
+def _pick_model(state_dict: Dict[str, Tensor], model: Optional[str]) -> Tuple[layouts.LayoutMatch, List[str]]:
+    if model:
+        match = layouts.detect_layout(state_dict, model)
+        if match.layout is None:
+            raise CheckpointError(match.describe())
+        return match, []
+    found = layouts.infer_model(state_dict)
+    if not found:
+        near = layouts.nearest_models(state_dict, n=3)
+        raise CheckpointError("the keys fit no known layout of any convertible model; nearest: " + " | ".join(
+            f"{m.model}: {m.scores[0].describe()}" for m in near) + "; pass --model NAME for a full report")
+    return found[0], [m.model for m in found[1:]]
+
+
+def convert_checkpoint(src: PathLike, dst: PathLike, to: str, model: Optional[str] = None,
+                       fmt: Optional[str] = None, source_layout: Optional[str] = None) -> ConvertReport:
+    """Convert the weights in ``src`` to layout ``to`` and write them to ``dst`` (atomically, once verified).
+
+    Args:
+        src: ``.pth``/``.pt``/``.bin``, ``.safetensors`` or detectron2 ``.pkl``; wrappers (``state_dict``,
+            ``model``, ``module.``, a detector's ``backbone.``) are taken off.
+        dst: the file to write; its folder must exist. Replaced only after verification passed.
+        to: one of :data:`res2net.layouts.LAYOUTS`.
+        model: the zoo name; inferred from the keys and shapes when None.
+        fmt: ``pth``, ``safetensors`` or ``pkl`` (detectron2's numpy pickle); default from ``dst``'s suffix.
+        source_layout: the source's layout; detected when None.
+    """
+    if to not in layouts.LAYOUTS:
+        raise ValueError(f"--to must be one of {', '.join(layouts.LAYOUTS)}, got {to!r}")
+    dst_path = Path(dst)
+    fmt = fmt or {".safetensors": "safetensors", ".pkl": "pkl"}.get(dst_path.suffix, "pth")
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if dst_path.is_dir():
+        raise ValueError(f"DST {str(dst_path)!r} is a folder; give a file name")
+    if not dst_path.parent.is_dir():
+        raise ValueError(f"DST folder {str(dst_path.parent)!r} does not exist")
+    if not os.access(dst_path.parent, os.W_OK):
+        raise ValueError(f"DST folder {str(dst_path.parent)!r} is not writable")
+
+    source = read_state_dict(src)
+    if source_layout is not None:
+        if model is None:
+            raise ValueError("--from needs --model")
+        match = layouts.detect_layout(source, model, (source_layout,))
+        if match.layout is None:
+            raise CheckpointError(match.describe())
+        candidates: List[str] = []
+    else:
+        match, candidates = _pick_model(source, model)
+    name = match.model
+    official = layouts.to_official(source, name, match.layout)
+    converted = layouts.from_official(official, name, to)
+    report = ConvertReport(src=str(src), dst=str(dst_path), model=name, source_layout=match.layout,
+                           target_layout=to, fmt=fmt, tensors=len(converted), prefix=match.prefix,
+                           candidates=candidates, dropped=[k for k in layouts.dropped_keys(name, to) if k in official],
+                           absent=[k for k in layouts.official_shapes(name) if k not in official])
+
+    # the temporary file keeps the format's suffix: the readers choose by suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst_path.name}.", suffix=f".tmp.{fmt}", dir=dst_path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _write(converted, tmp, fmt, {"layout": to, "model": name, "format": "pt"})
+        written = read_state_dict(tmp)
+        report.verified_against = verify_layout(written, name, to)
+        back = layouts.to_official(written, name, to)
+        bad = [k for k, v in official.items() if k not in report.dropped and
+               (k not in back or not _same_bits(back[k], v))]
+        if bad:
+            raise CheckpointError(f"converting the written file back does not give the source tensors "
+                                  f"({len(bad)} differ, e.g. {', '.join(bad[:3])}); {str(dst_path)!r} not written")
+        os.replace(tmp, dst_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return report
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add ``res2net convert``."""
+    p = subparsers.add_parser(
+        "convert", help="convert Res2Net weights between official/timm/torchvision/mmdet/mmpretrain/detectron2",
+        description="Detect the layout (and model) of SRC, convert it to --to, verify (strict load into the "
+                    "target's reference model, bit-identical round trip) and only then write DST atomically.")
+    p.add_argument("src", metavar="SRC", help=".pth/.pt/.bin, .safetensors or detectron2 .pkl")
+    p.add_argument("dst", metavar="DST", help="file to write (replaced only once verified)")
+    p.add_argument("--to", required=True, choices=layouts.LAYOUTS, help="target key layout")
+    p.add_argument("--model", metavar="NAME", help="zoo model name (default: inferred from keys and shapes)")
+    p.add_argument("--format", dest="fmt", choices=FORMATS,
+                   help="output format (default from DST's suffix: .safetensors, .pkl, else pth)")
+    p.add_argument("--from", dest="source_layout", choices=layouts.LAYOUTS,
+                   help="source layout (default: detected; needs --model)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    report = convert_checkpoint(args.src, args.dst, args.to, model=args.model, fmt=args.fmt,
+                                source_layout=args.source_layout)
+    print("\n".join(report.lines()))
+    return 0

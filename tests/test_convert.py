@@ -1,0 +1,142 @@
+"""res2net convert: file round trips through every layout (bit-identical), verification, atomic writes, the CLI."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from res2net import create_model
+from res2net import layouts as L
+from res2net.cli import main
+from res2net.convert import convert_checkpoint, read_state_dict
+from res2net.errors import CheckpointError
+
+V1B = "res2net50_v1b_26w_4s"
+
+
+@pytest.fixture(scope="module")
+def official_file(tmp_path_factory):
+    torch.manual_seed(1)
+    state = create_model(V1B).state_dict()
+    for key, value in state.items():
+        if value.dtype.is_floating_point:
+            value.add_(torch.randn_like(value), alpha=0.01)
+        else:
+            value.fill_(7)
+    path = tmp_path_factory.mktemp("ckpt") / "official.pth"
+    torch.save({"state_dict": state}, path)
+    return path, state
+
+
+def _bits_equal(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8),
+                                                                     b.reshape(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("to,ext", [("timm", "safetensors"), ("mmdet", "pth"), ("mmpretrain", "safetensors"),
+                                    ("detectron2", "pkl"), ("official", "safetensors")])
+def test_file_round_trip_bit_identical(official_file, tmp_path, to, ext):
+    src, state = official_file
+    out = tmp_path / f"{to}.{ext}"
+    report = convert_checkpoint(src, out, to)  # model inferred
+    assert (report.model, report.source_layout, report.target_layout) == (V1B, "official", to)
+    converted = read_state_dict(out)
+    assert set(converted) == set(L.layout_shapes(V1B, to))
+    back_file = tmp_path / "back.pth"
+    back_report = convert_checkpoint(out, back_file, "official", model=V1B)
+    assert back_report.source_layout in (to, "official")
+    back = read_state_dict(back_file)
+    dropped = set(L.dropped_keys(V1B, to))
+    assert set(back) == set(state) - dropped
+    assert all(_bits_equal(back[k], state[k]) for k in back)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_cli_pth_and_safetensors(official_file, tmp_path, capsys):
+    src, state = official_file
+    assert main(["convert", str(src), str(tmp_path / "m.safetensors"), "--to", "mmpretrain"]) == 0
+    out = capsys.readouterr().out
+    assert "official layout" in out and "mmpretrain layout, safetensors, 524 tensors" in out
+    assert main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "d.bin"), "--to", "detectron2",
+                 "--format", "pth", "--model", V1B]) == 0
+    d2 = torch.load(tmp_path / "d.bin", weights_only=True)
+    assert "res2.0.conv1.norm.weight" in d2 and "fc.weight" not in d2
+    assert _bits_equal(d2["stem.bn1.running_var"], state["bn1.running_var"])
+
+
+def test_cli_bad_input(official_file, tmp_path, capsys):
+    src, state = official_file
+    with pytest.raises(SystemExit) as exc:
+        main(["convert", str(src), str(tmp_path / "x.pth"), "--to", "keras"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path), "--to", "timm"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "no" / "x.pth"), "--to", "timm"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # mmdet has no v1 Res2Net
+    v1 = tmp_path / "v1.pth"
+    torch.save(create_model("res2net50_26w_4s").state_dict(), v1)
+    assert main(["convert", str(v1), str(tmp_path / "y.pth"), "--to", "mmdet"]) == 2
+    assert "deep stem" in capsys.readouterr().err
+    # keys of no known layout: the nearest layouts with their counts
+    foreign = {("head." + k if i % 3 == 0 else k): v for i, (k, v) in enumerate(state.items())}
+    torch.save(foreign, tmp_path / "foreign.pth")
+    assert main(["convert", str(tmp_path / "foreign.pth"), str(tmp_path / "z.pth"), "--to", "timm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fit no known layout" in err and "missing" in err and "unexpected" in err
+    assert main(["convert", str(tmp_path / "foreign.pth"), str(tmp_path / "z.pth"), "--to", "timm",
+                 "--model", V1B]) == 2
+    assert "nearest: official:" in capsys.readouterr().err
+    assert not (tmp_path / "z.pth").exists()
+
+
+def test_dst_untouched_when_verification_fails(official_file, tmp_path, monkeypatch):
+    src, _ = official_file
+    dst = tmp_path / "keep.pth"
+    dst.write_bytes(b"previous content")
+    import res2net.convert as convert
+
+    real_write = convert._write
+
+    def corrupting_write(state_dict, path, fmt, meta):  # flips one value on its way to disk
+        state_dict = dict(state_dict)
+        key = "layer1.0.conv1.weight"
+        state_dict[key] = state_dict[key].clone()
+        state_dict[key].view(-1)[0] += 1
+        real_write(state_dict, path, fmt, meta)
+
+    monkeypatch.setattr(convert, "_write", corrupting_write)
+    with pytest.raises(CheckpointError, match="bit|does not"):
+        convert_checkpoint(src, dst, "timm")
+    assert dst.read_bytes() == b"previous content"
+    assert sorted(os.listdir(tmp_path)) == ["keep.pth"]
+
+
+def test_pickle_reader_refuses_code(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"model": {"a": Evil()}}))
+    with pytest.raises(CheckpointError, match="refusing"):
+        read_state_dict(path)
+
+
+def test_timm_checkpoint_to_official_loads_in_our_model(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    reference = timm.create_model("res2net50_26w_4s")
+    save_file(reference.state_dict(), str(tmp_path / "model.safetensors"))
+    report = convert_checkpoint(tmp_path / "model.safetensors", tmp_path / "ours.pth", "official")
+    assert report.model == "res2net50_26w_4s" and "res2net50_26w_4s_299" in report.candidates
+    ours = create_model("res2net50_26w_4s").eval()
+    ours.load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference.eval()(x))
