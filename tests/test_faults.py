@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -408,7 +409,7 @@ def test_cli_sigterm_and_sigint_at_random_moments_resume_bit_exact(tmp_path: Pat
             lines = log.read_text().splitlines() if log.exists() else []
             if sum('"type": "step"' in line for line in lines) >= target:
                 break
-        import time
+            time.sleep(0.01)
         time.sleep(rng.uniform(0, 0.2))  # somewhere inside the next step
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=600)
