@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = [
     "res2net.bench",  # bench
     "res2net.export",  # export
     "res2net.convert",  # convert
+    "res2net.commands.weights",  # weights
 ]
 
 

@@ -244,7 +244,8 @@ def model_for_export(name: str, checkpoint: Optional[str] = None, num_classes: O
     """(model in eval mode, input size, mean, std). A checkpoint of ``res2net train`` brings its own input
     channels, classes and preprocessing (e.g. Fashion-MNIST: 1 channel, 28 px, the set's statistics); any
     other checkpoint (official, timm or torchvision layout) or none loads into the model card's shape."""
-    from .weights import card_preprocessing, create_model, model_from_checkpoint
+    from .models import create_model
+    from .weights import card_preprocessing, model_from_checkpoint
 
     if checkpoint is None:
         prep = card_preprocessing(name)

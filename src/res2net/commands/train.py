@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -18,27 +19,57 @@ from ..errors import CheckpointError, ConfigError
 from ..models import get_spec
 from ..tasks.classification import (DATASETS, DEFAULT_RECIPE, ClassificationConfig, ClassificationData,
                                     ClassificationTask, load_data, model_summary, write_report)
+from ..pretrained import PRETRAINED_DIR, fetch_first, save_pretrained
+from ..tasks.classification.seeds import seed_statistics, seeds_plot
 from ..weights import describe_checkpoint, model_from_checkpoint
 from .common import add_engine_args, command_line, engine_values, positive_int
 
 TASK_FLAGS = {"model": "model.names", "dataset": "data.dataset", "data_dir": "data.data_dir",
-              "train_subset": "data.train_subset"}
+              "train_subset": "data.train_subset", "pretrained": "model.pretrained",
+              "freeze_stages": "model.freeze_stages", "linear_probe": "model.linear_probe"}
 
 
 def train_config(args: argparse.Namespace) -> ClassificationConfig:
     """The config of a ``res2net train`` call: recipe < flags < ``--set``."""
     values = engine_values(args)
-    values.update({key: getattr(args, dest) for dest, key in TASK_FLAGS.items()})
+    values.update({key: getattr(args, dest, None) for dest, key in TASK_FLAGS.items()})
     if values["model.names"] is not None:
         values["model.names"] = [values["model.names"]]
     cfg = load_config(ClassificationConfig, args.config, args.overrides, values)
     for name in cfg.model.names:
         get_spec(name)  # unknown names fail before any data is read
+    if cfg.model.pretrained not in ("", "official") and len(cfg.model.names) > 1:
+        raise ConfigError(f"model.pretrained={cfg.model.pretrained!r} holds one model's weights; train one model "
+                          f"(--model NAME), not {', '.join(cfg.model.names)}")
     return cfg
 
 
+def train_one(name: str, cfg: ClassificationConfig, out: Path, resume: bool, quiet: bool
+              ) -> Tuple[Dict[str, Any], Optional[Tensor], ClassificationData]:
+    """Fit one model (fine-tuning from ``model.pretrained`` when set) into ``out``; write its best weights as a
+    :func:`~res2net.pretrained.save_pretrained` folder (``out/pretrained``); return its report entry."""
+    weights = None
+    if cfg.model.pretrained:
+        weights = fetch_first(name, True if cfg.model.pretrained == "official" else cfg.model.pretrained)
+    data = load_data(cfg.data, name, cfg.run.seed, card=weights.preprocessing if weights else None)
+    task = ClassificationTask(name, cfg, data, weights)
+    if not quiet:
+        start = f", fine-tuning from {weights.source}" if weights else ""
+        print(f"== {name}: {len(data.train)} train / {len(data.test)} test images, {cfg.run.epochs} epochs{start}, "
+              f"out {out}", file=sys.stderr)
+    result = fit(task, cfg, out, resume=resume)
+    summary = model_summary(name, result, data, len(task.skipped))
+    if task.dist.is_main and (out / "best.pt").is_file():
+        best = model_from_checkpoint(out / "best.pt", name)
+        save_pretrained(best.model, out / PRETRAINED_DIR, name, classes=data.classes,
+                        preprocessing=best.preprocessing, data=cfg.data.dataset, command=command_line("train"),
+                        metrics={k: summary[k] for k in ("test_top1", "test_top5")})
+    return summary, task.confusion, data
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """``res2net train``: train every model of the config, then write the report (rank 0)."""
+    """``res2net train``: train every model of the config (``--seeds N``: each with N seeds, one after the
+    other), then write the report (rank 0)."""
     cfg = train_config(args)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR (the folder of the run to continue)")
@@ -48,21 +79,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     summaries: Dict[str, Dict[str, Any]] = {}
     confusions: Dict[str, Optional[Tensor]] = {}
     data: Optional[ClassificationData] = None
-    for name in cfg.model.names:
-        data = load_data(cfg.data, name, cfg.run.seed)
-        task = ClassificationTask(name, cfg, data)
-        if dist.is_main and not cfg.run.quiet:
-            print(f"== {name}: {len(data.train)} train / {len(data.test)} test images, {cfg.run.epochs} epochs, "
-                  f"out {out / name}", file=sys.stderr)
-        result = fit(task, cfg, out / name, resume=args.resume)
-        summaries[name] = model_summary(name, result, data, len(task.skipped))
-        confusions[name] = task.confusion
+    seeds = [cfg.run.seed + k for k in range(args.seeds)]
+    top1: Dict[str, List[float]] = {name: [] for name in cfg.model.names}
+    for k, seed in enumerate(seeds):
+        run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
+        for name in cfg.model.names:
+            folder = out / name if args.seeds == 1 else out / name / f"seed{seed}"
+            summary, confusion, data = train_one(name, run_cfg, folder, args.resume,
+                                                 quiet=not dist.is_main or cfg.run.quiet)
+            top1[name].append(summary["test_top1"])
+            if k == 0:
+                summaries[name], confusions[name] = summary, confusion
     wall = time.perf_counter() - start
     if dist.is_main and data is not None:
-        write_report(out, summaries, confusions, data.classes, cfg, wall, command_line("train"))
+        stats = None
+        if args.seeds > 1:
+            pairs = [(n, get_spec(n).baseline) for n in cfg.model.names if get_spec(n).baseline in top1]
+            stats = seed_statistics(top1, [(a, b) for a, b in pairs if b is not None])
+            seeds_plot(stats, out / "seeds.png")
+        write_report(out, summaries, confusions, data.classes, cfg, wall, command_line("train"), seeds=stats)
         for name, s in summaries.items():
-            print(f"{name}: top-1 {100 * s['test_top1']:.2f}%  top-5 {100 * s['test_top5']:.2f}%  "
-                  f"{s['train_seconds']:.0f} s  {s['images_per_second']:.0f} img/s")
+            if stats:
+                m = stats["models"][name]
+                print(f"{name}: top-1 {100 * m['mean']:.2f}% +- {100 * m['std']:.2f} over {args.seeds} seeds")
+            else:
+                print(f"{name}: top-1 {100 * s['test_top1']:.2f}%  top-5 {100 * s['test_top5']:.2f}%  "
+                      f"{s['train_seconds']:.0f} s  {s['images_per_second']:.0f} img/s")
+        for pair in (stats or {}).get("pairs", []):
+            lo, hi = pair["ci95"]
+            print(f"{pair['model']} - {pair['baseline']}: {100 * pair['mean_diff']:+.2f} points, 95% CI "
+                  f"[{100 * lo:+.2f}, {100 * hi:+.2f}] ({'excludes' if pair['excludes_zero'] else 'includes'} 0)")
         print(f"report: {out / 'report.md'}")
     return 0
 
@@ -121,6 +167,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="data folder (data.data_dir)")
     p.add_argument("--train-subset", type=positive_int, metavar="N",
                    help="train on a random N images (data.train_subset)")
+    p.add_argument("--pretrained", metavar="SRC",
+                   help="fine-tune from weights: official, a .pth/.bin/.safetensors path or URL, hf-hub:ORG/REPO, or "
+                        "a run folder (model.pretrained); use --config finetune for the fine-tuning recipe")
+    p.add_argument("--freeze-stages", type=int, metavar="N",
+                   help="freeze the stem and stages 1..N, their BatchNorm statistics too (model.freeze_stages)")
+    p.add_argument("--linear-probe", action="store_true", default=None,
+                   help="train the classifier only (model.linear_probe)")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+                   help="train each model with N seeds (run.seed, +1, ...); report means, spreads and the paired "
+                        "difference to the same-budget baseline with a 95%% interval")
     add_engine_args(p, DEFAULT_RECIPE)
     p.set_defaults(func=cmd_train)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -39,6 +39,27 @@ class TensorImageDataset(Dataset):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return TensorImageDataset(self.images[idx], self.labels[idx], self.classes)
+
+
+    def select(self, classes: Optional[Sequence[int]] = None, per_class: Optional[int] = None,
+               seed: int = 0) -> "TensorImageDataset":
+        """Only the images of ``classes`` (indices, relabelled 0..k-1 in the given order), and of those at most
+        ``per_class`` random images per class (seeded): the few-label splits of a transfer experiment."""
+        keep = list(range(len(self.classes))) if classes is None else list(classes)
+        bad = [c for c in keep if not 0 <= c < len(self.classes)]
+        if bad or len(set(keep)) != len(keep) or not keep:
+            raise ValueError(f"classes must be distinct indices in [0, {len(self.classes) - 1}], got {list(keep)}")
+        g = torch.Generator().manual_seed(seed)
+        chosen = []
+        for c in keep:
+            idx = torch.nonzero(self.labels == c).flatten()
+            if per_class is not None:
+                idx = idx[torch.randperm(len(idx), generator=g)[:per_class]].sort().values
+            chosen.append(idx)
+        order = torch.cat(chosen)
+        relabel = torch.full((len(self.classes),), -1, dtype=torch.long)
+        relabel[torch.tensor(keep)] = torch.arange(len(keep))
+        return TensorImageDataset(self.images[order], relabel[self.labels[order]], [self.classes[c] for c in keep])
 
 
 def batch_collate(batch: Any) -> Any:

@@ -64,6 +64,8 @@ class OptimConfig:
     label_smoothing: float = between(0.0, 0, 1, high_open=True)
     clip_grad_norm: Optional[float] = at_least(None, 0)
     ema_decay: Optional[float] = between(None, 0, 1, high_open=True)  # e.g. 0.999; evaluates the EMA weights
+    # lr of the pretrained backbone relative to the head's (fine-tuning; a task's param_groups set "lr_mult")
+    backbone_lr_mult: float = between(1.0, 0, 1)
 
 
 @dataclass

@@ -148,7 +148,9 @@ def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
 
 
 def build_optimizer(params: List[Dict[str, Any]], optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW from the ``optim`` section."""
+    """SGD (momentum, optional Nesterov) or AdamW from the ``optim`` section. A parameter group may carry
+    ``lr_mult``: its lr is ``lr * lr_mult`` (e.g. a pretrained backbone trained slower than a new head)."""
+    params = [dict(g, lr=lr * g["lr_mult"]) if "lr_mult" in g else g for g in params]
     if optim.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov,
                                weight_decay=optim.weight_decay)

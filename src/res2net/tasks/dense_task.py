@@ -17,7 +17,7 @@ from ..engine import Task
 from ..engine.distributed import barrier, dist_info_from_env
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import get_spec
-from ..weights import create_model
+from ..pretrained import create_model
 from .dense_config import NORMS, DenseModelConfig
 
 

@@ -20,6 +20,11 @@ class ModelSection:
     names: List[str] = field(default_factory=lambda: ["res2net50_26w_4s"])
     drop_path_rate: float = 0.0
     zero_init_last: bool = False
+    # fine-tuning: start from these weights ("" = random init; "official", a path, URL, hf-hub:ORG/REPO or a run
+    # folder); the backbone loads strictly, the classifier is replaced for the data's classes
+    pretrained: str = ""
+    freeze_stages: int = at_least(-1, -1)  # mmdetection semantics: stem and stages 1..N frozen (-1: none)
+    linear_probe: bool = False  # train the classifier only (stem and every stage frozen)
 
 
 @dataclass
@@ -38,6 +43,8 @@ class DataSection:
     # fractions of the native size, spread over the run (first epoch the first, last epoch the last);
     # evaluation always at the native size
     download: bool = True  # fashion-mnist: torchvision download when the files are absent
+    classes: Optional[List[int]] = None  # keep only these class indices (relabelled 0..k-1 in this order)
+    train_per_class: Optional[int] = at_least(None, 1)  # N labelled training images per class (seeded)
 
 
 @dataclass

@@ -51,17 +51,25 @@ def _tensor_sets(dataset: str, data_dir: Optional[str], download: bool) -> Dict[
     return load_cifar100(data_dir)
 
 
-def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> ClassificationData:
-    """The data sets of ``cfg`` with the preprocessing of the paper (or of the Fashion-MNIST recipe)."""
+def load_data(cfg: DataSection, model_name: str, seed: int = 0, card: Optional[Preprocessing] = None
+              ) -> ClassificationData:
+    """The data sets of ``cfg`` with the preprocessing of the paper (or of the Fashion-MNIST recipe).
+    ``card``: the preprocessing of the weights a run starts from (default: the model card's)."""
     if cfg.dataset not in DATASETS:
         raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)}; got {cfg.dataset!r}")
     if cfg.train_scales is not None and (not cfg.train_scales or any(not 0 < x <= 4 for x in cfg.train_scales)):
         raise ConfigError(f"data.train_scales must be a non-empty list of fractions of the input size in (0, 4]; "
                           f"got {cfg.train_scales}")
-    prep = dataset_preprocessing(cfg.dataset, card_preprocessing(model_name), cfg.input_size)
+    prep = dataset_preprocessing(cfg.dataset, card or card_preprocessing(model_name), cfg.input_size)
     if cfg.dataset in NATIVE_SIZES:  # the in-memory sets
         sets = _tensor_sets(cfg.dataset, cfg.data_dir, cfg.download)
         train, test = sets["train"], sets["test"]
+        if cfg.classes is not None or cfg.train_per_class:
+            try:
+                train = train.select(cfg.classes, cfg.train_per_class, seed)
+                test = test.select(cfg.classes, None, seed)
+            except ValueError as exc:
+                raise ConfigError(f"data.classes: {exc}") from None
         if cfg.train_subset:
             train = train.subset(cfg.train_subset, seed)
         if cfg.test_subset:
@@ -71,6 +79,9 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0) -> Classificatio
     if not cfg.data_dir:
         raise ConfigError("data.data_dir (--data-dir) is required for imagefolder: a folder with train/ and "
                           f"{cfg.val_split}/")
+    if cfg.classes is not None or cfg.train_per_class:
+        raise ConfigError("data.classes and data.train_per_class select from fashion-mnist and cifar100; for an "
+                          "image folder, arrange the class folders instead")
     root = Path(cfg.data_dir)
     tf = functools.partial(classification_transforms, input_size=prep.input_size, crop_pct=prep.crop_pct,
                            mean=prep.mean, std=prep.std, interpolation=prep.interpolation)

@@ -30,7 +30,8 @@ def model_summary(name: str, result: FitResult, data: ClassificationData, skippe
 
 
 def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Dict[str, Optional[Tensor]],
-                 classes: List[str], cfg: ClassificationConfig, wall_seconds: float, command: str) -> None:
+                 classes: List[str], cfg: ClassificationConfig, wall_seconds: float, command: str,
+                 seeds: Optional[Dict[str, Any]] = None) -> None:
     """metrics.json, report.md, curves.png (loss and accuracy per epoch) and confusion.png."""
     import matplotlib
 
@@ -38,7 +39,7 @@ def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Di
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    metrics = {"models": summaries, "dataset": cfg.data.dataset, "wall_seconds": wall_seconds,
+    metrics = {"models": summaries, "dataset": cfg.data.dataset, "wall_seconds": wall_seconds, "seeds": seeds,
                "command": command, "config": to_dict(cfg)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
@@ -95,5 +96,22 @@ def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Di
             lines += ["", f"{name} vs its same-budget baseline {base}: top-1 "
                       f"{100 * s['test_top1']:.2f}% vs {100 * b['test_top1']:.2f}%, params {s['params']:,} vs "
                       f"{b['params']:,}, time per epoch x{ratio:.2f}."]
+    if seeds:
+        lines += seed_lines(seeds)
     lines += ["", "![curves](curves.png)", "", "![confusion](confusion.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def seed_lines(stats: Dict[str, Any]) -> List[str]:
+    """The report.md section of a ``--seeds N`` run: each model's mean and spread, each pair's difference."""
+    n = len(next(iter(stats["models"].values()))["seeds"])
+    lines = ["", f"## Over {n} seeds", "", "| model | mean top-1 (%) | std | per seed |", "|---|---:|---:|---|"]
+    for name, m in stats["models"].items():
+        lines.append(f"| {name} | {100 * m['mean']:.2f} | {100 * m['std']:.2f} | "
+                     + ", ".join(f"{100 * v:.2f}" for v in m["seeds"]) + " |")
+    for pair in stats["pairs"]:
+        lo, hi = pair["ci95"]
+        lines += ["", f"{pair['model']} - {pair['baseline']}: mean paired difference {100 * pair['mean_diff']:+.2f} "
+                  f"points, 95% Student-t interval [{100 * lo:+.2f}, {100 * hi:+.2f}]: it "
+                  f"{'excludes' if pair['excludes_zero'] else 'includes'} zero."]
+    return lines + ["", "![seeds](seeds.png)"]

@@ -3,7 +3,8 @@ top-1/top-5 accuracy (torchmetrics)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Set, Tuple
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,9 @@ from torch.utils.data import Dataset
 from ...data import batch_collate, normalize, progressive_size, random_crop_flip, resize_batch, skip_collate
 from ...data.images import warn_bad_files
 from ...engine import Context, Task
+from ...errors import ConfigError
 from ...models import create_model
+from ...pretrained import FetchedWeights, load_for_finetuning
 from .config import ClassificationConfig
 from .data import ClassificationData
 
@@ -24,8 +27,10 @@ class ClassificationTask(Task):
     primary_metric = "top1"
     higher_is_better = True
 
-    def __init__(self, model_name: str, cfg: ClassificationConfig, data: ClassificationData) -> None:
+    def __init__(self, model_name: str, cfg: ClassificationConfig, data: ClassificationData,
+                 weights: Optional[FetchedWeights] = None) -> None:
         self.model_name, self.cfg, self.data = model_name, cfg, data
+        self.weights = weights  # pretrained weights to fine-tune from (cfg.model.pretrained, fetched once)
         self.collate_fn = batch_collate if data.in_memory else skip_collate
         self.skipped: Set[str] = set()
         for files in (data.train, data.test):
@@ -33,9 +38,33 @@ class ClassificationTask(Task):
         self.confusion: Optional[Tensor] = None
 
     def build_model(self) -> nn.Module:
-        return create_model(self.model_name, num_classes=len(self.data.classes), in_chans=self.data.in_chans,
-                            drop_path_rate=self.cfg.model.drop_path_rate,
-                            zero_init_last=self.cfg.model.zero_init_last)
+        """The model for the data's classes and channels; with pretrained weights, the backbone loaded from them
+        (:func:`res2net.pretrained.load_for_finetuning`), and the frozen stages of ``model.freeze_stages`` /
+        ``model.linear_probe`` (their BatchNorm statistics frozen too)."""
+        m = self.cfg.model
+        model = create_model(self.model_name, num_classes=len(self.data.classes), in_chans=self.data.in_chans,
+                             drop_path_rate=m.drop_path_rate, zero_init_last=m.zero_init_last)
+        if self.weights is not None:
+            for note in load_for_finetuning(model, self.model_name, self.weights, self.data.classes):
+                if self.dist.is_main:
+                    print(f"{self.model_name}: {note}", file=sys.stderr)
+        frozen = len(model.stage_modules()) if m.linear_probe else m.freeze_stages
+        if frozen >= 0:
+            try:
+                model.configure_backbone(frozen_stages=frozen)
+            except ValueError as exc:
+                raise ConfigError(f"model.freeze_stages (--freeze-stages): {exc}") from None
+        return model
+
+    def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
+        """One group, or with ``optim.backbone_lr_mult`` != 1 the backbone at that fraction of the head's lr."""
+        mult = self.cfg.optim.backbone_lr_mult
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if mult == 1.0:
+            return [{"params": [p for _, p in trainable]}]
+        head = [p for n, p in trainable if n.startswith("fc.")]
+        body = [p for n, p in trainable if not n.startswith("fc.")]
+        return [g for g in ({"params": body, "lr_mult": mult}, {"params": head}) if g["params"]]
 
     def build_datasets(self) -> Tuple[Dataset, Optional[Dataset]]:
         return self.data.train, self.data.test
