@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "res2net.export",  # export
     "res2net.convert",  # convert
     "res2net.commands.weights",  # weights
+    "res2net.commands.predict",  # predict
 ]
 
 

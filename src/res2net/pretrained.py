@@ -351,7 +351,22 @@ def create_model(name: str, pretrained: Pretrained = False, *, cache_dir: Option
     """
     if not pretrained:
         return registry.create_model(name, **kwargs)
-    fetched = fetch_first(name, pretrained, cache_dir)
+    return _build(name, fetch_first(name, pretrained, cache_dir), kwargs)
+
+
+def load_model(source: Union[str, Path], name: Optional[str] = None, *,
+               cache_dir: Optional[Union[str, Path]] = None, **kwargs: Any) -> nn.Module:
+    """A model from weights that say which model they hold (our checkpoints, run and save_pretrained folders,
+    their Hub copies): ``name`` may be left out. Otherwise as :func:`create_model`."""
+    if name is None:
+        fetched = fetch_weights(parse_source(source), cache_dir)
+        if not fetched.model_name:
+            raise CheckpointError(f"{source} does not say which model it holds; give the model name (--model NAME)")
+        return _build(fetched.model_name, fetched, kwargs)
+    return create_model(name, pretrained=source, cache_dir=cache_dir, **kwargs)
+
+
+def _build(name: str, fetched: FetchedWeights, kwargs: Dict[str, Any]) -> nn.Module:
     if fetched.model_name and registry.get_spec(fetched.model_name).name != registry.get_spec(name).name:
         raise CheckpointError(f"{fetched.source} holds {fetched.model_name}, not {name}")
     in_chans, classes = state_dict_shape(to_our_layout(fetched.state_dict, name), name)

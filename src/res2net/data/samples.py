@@ -41,6 +41,8 @@ def load_image(path: str | Path) -> Tensor:
         raise FileNotFoundError(f"image {p} not found")
     try:
         img = open_image(str(p), channels=3)
+    except DataError:
+        raise
     except Exception as exc:  # PIL raises several types (UnidentifiedImageError, DecompressionBombError, ...)
         raise DataError(f"image {p} cannot be read: {type(exc).__name__}: {exc}") from None
     arr = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)

@@ -1,0 +1,166 @@
+"""Classify images with a trained or pretrained Res2Net: :class:`Predictor` (Python) and ``res2net predict``.
+
+A record per readable image: ``{"file": str, "topk": [{"class": str, "index": int, "prob": float}, ...]}``.
+Class names come from the weights (our runs and save_pretrained folders store them), ImageNet's names for
+1000-class ImageNet weights, else ``class <i>``. Preprocessing comes from the weights (what training used) or
+the model card. Unreadable files are named and counted in :attr:`Predictor.skipped`, never fatal.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .data import normalize
+from .data.preprocessing import Preprocessing
+from .data.samples import IMAGE_EXTS, load_image, resize_center
+from .errors import DataError, Res2NetError
+from .weights import card_preprocessing
+
+ImageInput = Union[str, Path, Tensor]
+Record = Dict[str, Any]
+TTA = (None, "flip")
+
+
+def imagenet_classes() -> List[str]:
+    """The 1000 ImageNet-1k class names, in the order of the official and timm classifiers (torchvision's list)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)
+
+
+def find_images(inputs: Sequence[Union[str, Path]]) -> List[Path]:
+    """Image files named by ``inputs``: files, folders (recursive, sorted) and glob patterns. A name that matches
+    nothing, or a folder without images, is a DataError naming it."""
+    files: List[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise DataError(f"{path}: no images in this folder ({', '.join(IMAGE_EXTS)})")
+            files += found
+        else:
+            matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
+            if not matches:
+                raise DataError(f"{item}: no such image file, folder or pattern")
+            files += matches
+    return files
+
+
+class Predictor:
+    """Top-k classification of images by one model.
+
+    Args:
+        model_or_source: a model (``nn.Module``; its ``class_names``/``preprocessing`` are used when set), or
+            weights: a checkpoint of ``res2net train``, a save_pretrained or run folder, ``hf-hub:ORG/REPO``, a
+            URL, ``"official"`` (the published weights of ``name``).
+        name: the zoo model (needed for sources that do not say it, e.g. official files).
+        topk: classes per image; batch_size: images per forward; tta: None or ``"flip"`` (mean of the image and
+        its mirror); backend: a :func:`res2net.optimize` backend (``"eager"``, ``"auto"``, ``"onnxruntime"``,
+        ``"openvino"``, ...), None: the plain model.
+
+    >>> p = Predictor(create_model("res2net17_slim", num_classes=3), name="res2net17_slim", topk=2)
+    >>> [len(r["topk"]) for r in p.predict([torch.rand(3, 40, 40)])]
+    [2]
+    """
+
+    def __init__(self, model_or_source: Union[nn.Module, str, Path], name: Optional[str] = None, *,
+                 topk: int = 5, batch_size: int = 32, tta: Optional[str] = None, backend: Optional[str] = None,
+                 device: Union[str, torch.device] = "cpu") -> None:
+        if tta not in TTA:
+            raise ValueError(f"tta must be one of {TTA}, got {tta!r}")
+        if topk < 1 or batch_size < 1:
+            raise ValueError(f"topk and batch_size must be >= 1, got {topk}, {batch_size}")
+        model, self.classes, self.preprocessing, self.name = self._resolve(model_or_source, name)
+        self.num_classes = int(getattr(model, "num_classes", 0) or 0)
+        if self.num_classes < 1:
+            raise Res2NetError(f"{self.name}: the model has no classifier (num_classes=0); nothing to predict")
+        self.in_chans = int(getattr(model, "in_chans", len(self.preprocessing.mean)))
+        self.preprocessing = self.preprocessing.for_channels(self.in_chans)
+        self.topk, self.batch_size, self.tta = min(topk, self.num_classes), batch_size, tta
+        self.device = torch.device(device)
+        model = model.eval().to(self.device)
+        if backend is not None:
+            from .optimize import optimize
+
+            model = optimize(model, backend=backend, input_size=self.preprocessing.input_size)
+        self.model = model
+        self.skipped: List[Tuple[str, str]] = []  # (file, reason) of every image that could not be read
+
+    @staticmethod
+    def _resolve(model_or_source: Union[nn.Module, str, Path], name: Optional[str]
+                 ) -> Tuple[nn.Module, List[str], Preprocessing, str]:
+        from .pretrained import create_model, load_model
+
+        if isinstance(model_or_source, nn.Module):
+            model = model_or_source
+            name = name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+            if not name:
+                raise ValueError("Predictor(model): give name= (the zoo model), the model does not say it")
+        elif str(model_or_source) == "official":
+            if not name:
+                raise ValueError("pretrained official weights: give the model name (--model NAME)")
+            model = create_model(name, pretrained=True)
+        else:
+            model = load_model(model_or_source, name)
+            name = name or model.pretrained_cfg["architecture"]
+        classes = list(getattr(model, "class_names", None) or [])
+        n = int(getattr(model, "num_classes", 0) or 0)
+        if not classes:
+            classes = imagenet_classes() if n == 1000 else [f"class {i}" for i in range(n)]
+        prep = getattr(model, "preprocessing", None) or card_preprocessing(name)
+        return model, classes, prep, name
+
+    def load(self, image: ImageInput) -> Tensor:
+        """One image as the model's normalised input ``(C, S, S)``: a file, or a float tensor (C, H, W) in [0, 1]."""
+        img = load_image(image) if isinstance(image, (str, Path)) else image
+        if img.dim() != 3:
+            raise ValueError(f"expected an image tensor (C, H, W), got shape {tuple(img.shape)}")
+        if img.shape[0] == 1:
+            img = img.expand(3, -1, -1)
+        p = self.preprocessing
+        x = resize_center(img[:3].float(), p.input_size, self.in_chans, p.crop_pct)
+        return normalize(x[None], p.mean, p.std)[0]
+
+    @torch.no_grad()
+    def probabilities(self, batch: Tensor) -> Tensor:
+        """Softmax class probabilities of a prepared batch (with the test-time augmentation)."""
+        batch = batch.to(self.device)
+        probs = self.model(batch).float().softmax(1)
+        if self.tta == "flip":
+            probs = (probs + self.model(batch.flip(-1)).float().softmax(1)) / 2
+        return probs.cpu()
+
+    def predict(self, images: Iterable[ImageInput], progress: bool = False) -> List[Record]:
+        """A record per readable image (see the module docstring); unreadable ones go to :attr:`skipped`."""
+        from tqdm.auto import tqdm
+
+        items = list(images)
+        records: List[Record] = []
+        bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress)
+        for start in range(0, len(items), self.batch_size):
+            chunk, names = [], []
+            for item in items[start:start + self.batch_size]:
+                label = str(item) if isinstance(item, (str, Path)) else f"<tensor {len(records) + len(chunk)}>"
+                try:
+                    chunk.append(self.load(item))
+                    names.append(label)
+                except (Res2NetError, OSError, ValueError) as exc:
+                    self.skipped.append((label, str(exc)))
+            bar.update(len(items[start:start + self.batch_size]))
+            if not chunk:
+                continue
+            probs = self.probabilities(torch.stack(chunk))
+            top = probs.topk(self.topk, dim=1)
+            for label, values, indices in zip(names, top.values.tolist(), top.indices.tolist()):
+                records.append({"file": label, "topk": [{"class": self.classes[i], "index": int(i), "prob": float(v)}
+                                                        for v, i in zip(values, indices)]})
+        bar.close()
+        return records
