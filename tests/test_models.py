@@ -89,7 +89,7 @@ def test_small_models_pair_with_same_budget_baselines():
     for spec in small:
         ours, base = count_params(meta_model(spec.name)), count_params(meta_model(spec.baseline))
         assert abs(ours - base) / base < 0.02, (spec.name, ours, spec.baseline, base)
-        assert get_spec(spec.baseline).arch["scale"] == 1 and spec.arch["scale"] > 1
+        assert get_spec(spec.baseline).arch.scale == 1 and spec.arch.scale > 1
 
 
 def test_macs_paper_convention():

@@ -147,8 +147,6 @@ def _fold_tree(module: nn.Module) -> nn.Module:
     if isinstance(module, Res2NetBlock):
         return FusedRes2NetBlock(module)
     for name, child in list(module.named_children()):
-        if name == "stages":  # the trunks' alias of the named stages: re-pointed below
-            continue
         setattr(module, name, _fold_tree(child))
     if isinstance(module, nn.Sequential):
         _fold_sequential(module)
@@ -160,8 +158,6 @@ def _fold_tree(module: nn.Module) -> nn.Module:
         elif isinstance(conv, nn.Conv2d) and _is_foldable(bn):
             setattr(module, conv_name, fold_bn(conv, bn))
             setattr(module, bn_name, nn.Identity())
-    if hasattr(module, "stage_names") and isinstance(getattr(module, "stages", None), nn.ModuleList):
-        module.stages = nn.ModuleList([getattr(module, n) for n in module.stage_names])
     return module
 
 

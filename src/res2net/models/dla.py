@@ -4,13 +4,39 @@ Res2NeXt-DLA and the DLA-60 / DLA-X-60 baselines (``scale=1``). Key layout equal
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import NormLayer, Res2NetBlock, conv_bn_relu, init_weights, split_width
-from .common import BackboneMixin, check_block_args
+from .common import FeatureInfo, Trunk, UnusedWeights, check_block_args
+
+
+@dataclass(frozen=True)
+class DLAArch:
+    """The architecture of one DLA-trunk model of the zoo: the arguments of :class:`DLA` that a registry row
+    fixes (DLA-60's levels and channels by default).
+
+    >>> DLAArch(base_width=28, scale=4).build(num_classes=0).num_features
+    1024
+    """
+
+    family: ClassVar[str] = "dla"
+    total_stride: ClassVar[int] = 32
+    first_conv: ClassVar[str] = "base_layer.0"
+
+    levels: Tuple[int, ...] = (1, 1, 1, 2, 3, 1)
+    channels: Tuple[int, ...] = (16, 32, 128, 256, 512, 1024)
+    base_width: int = 28
+    scale: int = 4
+    cardinality: int = 1
+    se_reduction: int = 0
+
+    def build(self, **kwargs: Any) -> "DLA":
+        """The trunk; ``kwargs`` are the per-instance arguments of :class:`DLA` (classes, channels...)."""
+        return DLA(**asdict(self), **kwargs)
 
 
 class Root(nn.Module):
@@ -30,8 +56,9 @@ class Tree(nn.Module):
     """A DLA aggregation tree of ``2 ** levels`` blocks.
 
     The official trees with ``levels > 1`` hold a ``project`` shortcut that their forward never uses (the
-    sub-tree computes its own); ``keep_unused_project`` creates it anyway, frozen, so the official
-    checkpoints load strictly and the parameter count matches, at no compute cost.
+    sub-tree computes its own); ``keep_unused_project`` keeps its tensors as :class:`UnusedWeights` buffers
+    (same state_dict keys, no parameters), so the official checkpoints load strictly, the parameter count
+    matches the official one and every parameter of the model receives a gradient.
     """
 
     def __init__(self, levels: int, block_args: Dict[str, Any], in_channels: int, out_channels: int,
@@ -64,10 +91,8 @@ class Tree(nn.Module):
         self.downsample: Optional[nn.Module] = nn.MaxPool2d(stride, stride=stride) if stride > 1 else None
         self.project: Optional[nn.Module] = None
         if in_channels != out_channels and (levels == 1 or keep_unused_project):
-            self.project = nn.Sequential(*conv_bn_relu(in_channels, out_channels, 1, norm_layer=norm_layer,
-                                                       relu=False))
-            if levels > 1:
-                self.project.requires_grad_(False)
+            project = nn.Sequential(*conv_bn_relu(in_channels, out_channels, 1, norm_layer=norm_layer, relu=False))
+            self.project = project if levels == 1 else UnusedWeights(project)
 
     def forward(self, x: Tensor, children: Optional[List[Tensor]] = None) -> Tensor:
         kids: List[Tensor] = [] if children is None else children
@@ -96,11 +121,12 @@ def make_dla_block(block_args: Dict[str, Any], in_channels: int, out_channels: i
     )
 
 
-class DLA(BackboneMixin, nn.Module):
+class DLA(Trunk):
     """DLA trunk: ``base_layer``, conv levels 0-1, aggregation trees 2-5, global pool, 1x1-conv ``fc``.
+    The maps C1..C5 are the outputs of ``level1``..``level5`` (strides 2..32).
 
     >>> m = DLA(scale=4, base_width=28, num_classes=10)
-    >>> [tuple(f.shape[1:]) for f in m.forward_stages(torch.randn(1, 3, 64, 64))][1:]
+    >>> [tuple(f.shape[1:]) for f in m.forward_stages(torch.randn(1, 3, 64, 64))]
     [(32, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (1024, 2, 2)]
     """
 
@@ -120,6 +146,7 @@ class DLA(BackboneMixin, nn.Module):
         norm_layer: Optional[NormLayer] = None,
         zero_init_last: bool = False,
         keep_unused_project: bool = True,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if len(levels) != 6 or len(channels) != 6:
@@ -131,7 +158,6 @@ class DLA(BackboneMixin, nn.Module):
         check_block_args(scale, base_width, cardinality, min(channels[2:]) // 2)
         norm_layer = norm_layer or nn.BatchNorm2d
         self.in_chans = in_chans
-        self.num_classes = num_classes
         self.min_input_size = 32
         self.grad_checkpointing = False
         block_args = dict(scale=scale, base_width=base_width, cardinality=cardinality, se_reduction=se_reduction)
@@ -147,29 +173,15 @@ class DLA(BackboneMixin, nn.Module):
                 levels[i], block_args, channels[i - 1], channels[i], 2, level_root=i > 2, norm_layer=norm_layer,
                 drop_path=rates[start:start + n], keep_unused_project=keep_unused_project))
             start += n
-        self.feature_info: List[Dict[str, Any]] = [
-            {"num_chs": channels[i], "reduction": 2 ** i, "module": f"level{i}"} for i in range(1, 6)
-        ]
-        self.num_features = channels[-1]
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc: nn.Module = (nn.Conv2d(channels[-1], num_classes, 1, bias=True) if num_classes > 0
-                              else nn.Identity())
-        self.setup_stages([f"level{i}" for i in range(1, 6)])
+        self.feature_info = FeatureInfo(
+            {"num_chs": channels[i], "reduction": 2 ** i, "module": f"level{i}"} for i in range(1, 6))
+        self.stem_names = ["base_layer", "level0"]
+        self.stage_names = [f"level{i}" for i in range(1, 6)]
+        self.init_head(channels[-1], num_classes, global_pool, conv_classifier=True)
         init_weights(self, zero_init_last=zero_init_last)
 
-    def stem_modules(self) -> List[nn.Module]:
-        return [self.base_layer, self.level0]
-
-    def forward_stages(self, x: Tensor) -> List[Tensor]:
-        """Outputs of levels 1..5 (C1..C5, strides 2..32)."""
-        self.check_input(x)
-        return self.run_stages(self.level0(self.base_layer(x)))
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.forward_stages(x)[-1]
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.fc(self.global_pool(x)).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """timm's parameter groups (layer-wise lr decay): the stem, then the levels (or their trees)."""
+        return {"stem": r"^base_layer|^level0\.",
+                "blocks": r"^level(\d+)" if coarse else [(r"^level(\d+)\.tree(\d+)", None),
+                                                        (r"^level(\d+)\.root", (2,)), (r"^level(\d+)", (1,))]}

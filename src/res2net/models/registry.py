@@ -11,26 +11,28 @@ import torch
 from torch import nn
 
 from ..layers import NormLayer
-from .common import to_features
-from .dla import DLA
-from .resnet import ResNet
+from .common import FeatureExtractor, count_params
+from .dla import DLAArch
+from .resnet import ResNetArch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 OFFICIAL_URL = "https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/"
+OFFICIAL_LICENSE = "cc-by-nc-sa-4.0"  # the official weights (and timm's copies of them): non-commercial
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-CIFAR29 = dict(layers=(3, 3, 3), planes=(64, 128, 256), stem="cifar", stem_width=64)
+
+Arch = Union[ResNetArch, DLAArch]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One named model: its architecture arguments and its card (paper figures, weights, preprocessing)."""
+    """One named model: its architecture (a typed record that builds the trunk) and its card (paper
+    figures, weights, preprocessing)."""
 
     name: str
-    family: str  # "resnet" or "dla": which trunk class builds it
-    arch: Dict[str, Any]
+    arch: Arch
     description: str
     aliases: Tuple[str, ...] = ()
     timm_name: Optional[str] = None  # the same model in timm (test peer), if it has one
@@ -49,6 +51,11 @@ class ModelSpec:
     tags: Tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def family(self) -> str:
+        """``"resnet"`` or ``"dla"``: the trunk class that builds the model."""
+        return self.arch.family
+
+    @property
     def url(self) -> Optional[str]:
         return OFFICIAL_URL + self.weights_file if self.weights_file else None
 
@@ -56,153 +63,179 @@ class ModelSpec:
     def sha256_prefix(self) -> Optional[str]:
         return self.weights_file.rsplit("-", 1)[1].split(".")[0] if self.weights_file else None
 
-
-def _imagenet(name: str, depth: int, base_width: int, scale: int, desc: str, **kw: Any) -> ModelSpec:
-    """A 50/101/152-layer ImageNet row; ``kw`` splits into trunk arguments and card fields."""
-    arch_keys = {"cardinality", "stem", "stem_width", "avg_down", "se_reduction"}
-    arch = dict(layers=DEPTHS[depth], base_width=base_width, scale=scale)
-    arch.update({k: kw.pop(k) for k in list(kw) if k in arch_keys})
-    return ModelSpec(name=name, family="resnet", arch=arch, description=desc, **kw)
+    @property
+    def hf_hub_id(self) -> Optional[str]:
+        """timm's copy of the official weights on the Hugging Face Hub (``timm/<timm name>.in1k``)."""
+        return f"timm/{self.timm_name}.in1k" if self.weights_file and self.timm_name else None
 
 
-def _v1b(**kw: Any) -> Dict[str, Any]:
-    return dict(stem="deep", stem_width=64, avg_down=True, **kw)
+# ---- row helpers: every argument by keyword, named as in the paper ------------------------------------------
+
+def _imagenet(name: str, *, depth: int, base_width: int, scale: int, description: str, cardinality: int = 1,
+              v1b: bool = False, se_reduction: int = 0, **card: Any) -> ModelSpec:
+    """A 50/101/152-layer ImageNet model; ``v1b``: deep stem (3x3 convs 32-32-64) and average-pool
+    shortcuts. ``card``: :class:`ModelSpec` fields."""
+    arch = ResNetArch(layers=DEPTHS[depth], base_width=base_width, scale=scale, cardinality=cardinality,
+                      stem="deep" if v1b else "default", avg_down=v1b, se_reduction=se_reduction)
+    return ModelSpec(name=name, arch=arch, description=description, **card)
 
 
-def _cifar(name: str, cardinality: int, base_width: int, scale: int, desc: str, **kw: Any) -> ModelSpec:
-    arch = dict(CIFAR29, cardinality=cardinality, base_width=base_width, scale=scale)
-    if kw.pop("se", False):
-        arch["se_reduction"] = 16
-    return ModelSpec(name=name, family="resnet", arch=arch, description=desc, num_classes=100, input_size=32,
-                     crop_pct=1.0, mean=CIFAR100_MEAN, std=CIFAR100_STD, paper_source="paper Table 4", **kw)
+def _cifar29(name: str, *, cardinality: int, base_width: int, scale: int, description: str, se: bool = False,
+             **card: Any) -> ModelSpec:
+    """A CIFAR-100 Res2NeXt-29 (paper Table 4): 3x3 stem of 64 channels, 3 stages x 3 blocks."""
+    arch = ResNetArch(layers=(3, 3, 3), planes=(64, 128, 256), stem="cifar", stem_width=64,
+                      cardinality=cardinality, base_width=base_width, scale=scale, se_reduction=16 if se else 0)
+    return ModelSpec(name=name, arch=arch, description=description, num_classes=100, input_size=32,
+                     crop_pct=1.0, mean=CIFAR100_MEAN, std=CIFAR100_STD, paper_source="paper Table 4", **card)
 
 
-def _small(name: str, layers: Tuple[int, ...], planes: Tuple[int, ...], base_width: int, scale: int,
-           stem_width: int, desc: str, **kw: Any) -> ModelSpec:
-    arch = dict(layers=layers, planes=planes, base_width=base_width, scale=scale, stem="cifar",
-                stem_width=stem_width)
-    return ModelSpec(name=name, family="resnet", arch=arch, description=desc, num_classes=10, input_size=32,
-                     crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3, tags=("small",), **kw)
+def _small(name: str, *, layers: Tuple[int, ...], planes: Tuple[int, ...], base_width: int, scale: int,
+           stem_width: int, description: str, **card: Any) -> ModelSpec:
+    """A trunk for 28-32 px images (3x3 stride-1 stem), 10 classes."""
+    arch = ResNetArch(layers=layers, planes=planes, base_width=base_width, scale=scale, stem="cifar",
+                      stem_width=stem_width)
+    return ModelSpec(name=name, arch=arch, description=description, num_classes=10, input_size=32,
+                     crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3, tags=("small",), **card)
 
 
-def _lite(name: str, base_width: int, scale: int, desc: str, **kw: Any) -> ModelSpec:
+def _lite(name: str, *, base_width: int, scale: int, description: str, **card: Any) -> ModelSpec:
     """A 26-layer ImageNet-stem trunk at half the 50-layer widths: a CPU-sized backbone for the dense tasks
     (4 stages at strides 4-32, so FPN, DeepLab v3+ and DSS get the same C2-C5 maps as from a 50-layer one)."""
-    arch = dict(layers=(2, 2, 2, 2), planes=(32, 64, 128, 256), base_width=base_width, scale=scale,
-                stem_width=32)
-    return ModelSpec(name=name, family="resnet", arch=arch, description=desc, input_size=128, crop_pct=1.0,
-                     tags=("lite",), **kw)
+    arch = ResNetArch(layers=(2, 2, 2, 2), planes=(32, 64, 128, 256), base_width=base_width, scale=scale,
+                      stem_width=32)
+    return ModelSpec(name=name, arch=arch, description=description, input_size=128, crop_pct=1.0,
+                     tags=("lite",), **card)
 
 
-def _dla(name: str, base_width: int, scale: int, cardinality: int, desc: str, **kw: Any) -> ModelSpec:
-    arch = dict(base_width=base_width, scale=scale, cardinality=cardinality)
-    return ModelSpec(name=name, family="dla", arch=arch, description=desc, **kw)
+def _dla60(name: str, *, base_width: int, scale: int, cardinality: int, description: str,
+           **card: Any) -> ModelSpec:
+    """A DLA-60 trunk (block expansion 2)."""
+    arch = DLAArch(base_width=base_width, scale=scale, cardinality=cardinality)
+    return ModelSpec(name=name, arch=arch, description=description, **card)
 
 
 T1 = "paper Table 1"
 README = "official README"
 MODELS: List[ModelSpec] = [
     # --- Res2Net-50 scale/width settings (paper Tables 1, 3; official weights) ---------------------------
-    _imagenet("res2net50_26w_4s", 50, 26, 4, "Res2Net-50, 26w x 4s", timm_name="res2net50_26w_4s",
-              paper_top1_err=22.01, paper_top5_err=6.15, paper_params_m=25.70, paper_source=T1,
-              weights_file="res2net50_26w_4s-06e79181.pth", baseline="resnet50"),
-    _imagenet("res2net50_48w_2s", 50, 48, 2, "Res2Net-50, 48w x 2s", timm_name="res2net50_48w_2s",
-              paper_top1_err=22.68, paper_top5_err=6.47, paper_params_m=25.29, paper_source="paper Table 3",
-              weights_file="res2net50_48w_2s-afed724a.pth", baseline="resnet50"),
-    _imagenet("res2net50_14w_8s", 50, 14, 8, "Res2Net-50, 14w x 8s", timm_name="res2net50_14w_8s",
-              paper_top1_err=21.86, paper_top5_err=6.14, paper_params_m=25.06, paper_source="paper Table 3",
-              weights_file="res2net50_14w_8s-6527dddc.pth", baseline="resnet50"),
-    _imagenet("res2net50_26w_6s", 50, 26, 6, "Res2Net-50, 26w x 6s", timm_name="res2net50_26w_6s",
-              paper_top1_err=21.42, paper_top5_err=5.87, paper_params_m=37.05, paper_source="paper Table 3",
-              weights_file="res2net50_26w_6s-19041792.pth", baseline="resnet50"),
-    _imagenet("res2net50_26w_8s", 50, 26, 8, "Res2Net-50, 26w x 8s", timm_name="res2net50_26w_8s",
-              paper_top1_err=20.80, paper_top5_err=5.63, paper_params_m=48.40, paper_source="paper Table 3",
-              weights_file="res2net50_26w_8s-2c7c9f12.pth", baseline="resnet50"),
-    _imagenet("res2net50_18w_4s", 50, 18, 4, "Res2Net-50-L (low complexity, paper Table 3), 18w x 4s",
-              paper_top1_err=22.92, paper_top5_err=6.67, paper_source="paper Table 3", baseline="resnet50"),
-    _imagenet("res2net50_26w_4s_299", 50, 26, 4, "Res2Net-50 26w x 4s at 299x299 input (paper Table 1 setting)",
-              input_size=299, crop_pct=299 / 333, baseline="resnet50"),
-    _imagenet("se_res2net50_26w_4s", 50, 26, 4, "SE-Res2Net-50, 26w x 4s (paper Table 1)", se_reduction=16,
-              paper_top1_err=21.56, paper_top5_err=5.94, paper_source=T1, baseline="se_resnet50"),
-    _imagenet("res2net101_26w_4s", 101, 26, 4, "Res2Net-101, 26w x 4s", timm_name="res2net101_26w_4s",
-              paper_top1_err=20.81, paper_top5_err=5.57, paper_params_m=45.21, paper_source="paper Table 2",
-              weights_file="res2net101_26w_4s-02a759a1.pth", baseline="resnet101"),
-    _imagenet("res2net152_26w_4s", 152, 26, 4, "Res2Net-152, 26w x 4s", baseline="resnet152"),
-    _imagenet("res2next50", 50, 4, 4, "Res2NeXt-50, 4w x 8c x 4s", cardinality=8, timm_name="res2next50",
-              paper_top1_err=21.76, paper_top5_err=6.09, paper_params_m=24.67, paper_source=T1,
-              weights_file="res2next50_4s-6ef7e7bf.pth", baseline="resnext50_32x4d"),
+    _imagenet("res2net50_26w_4s", depth=50, base_width=26, scale=4, description="Res2Net-50, 26w x 4s",
+              timm_name="res2net50_26w_4s", paper_top1_err=22.01, paper_top5_err=6.15, paper_params_m=25.70,
+              paper_source=T1, weights_file="res2net50_26w_4s-06e79181.pth", baseline="resnet50"),
+    _imagenet("res2net50_48w_2s", depth=50, base_width=48, scale=2, description="Res2Net-50, 48w x 2s",
+              timm_name="res2net50_48w_2s", paper_top1_err=22.68, paper_top5_err=6.47, paper_params_m=25.29,
+              paper_source="paper Table 3", weights_file="res2net50_48w_2s-afed724a.pth", baseline="resnet50"),
+    _imagenet("res2net50_14w_8s", depth=50, base_width=14, scale=8, description="Res2Net-50, 14w x 8s",
+              timm_name="res2net50_14w_8s", paper_top1_err=21.86, paper_top5_err=6.14, paper_params_m=25.06,
+              paper_source="paper Table 3", weights_file="res2net50_14w_8s-6527dddc.pth", baseline="resnet50"),
+    _imagenet("res2net50_26w_6s", depth=50, base_width=26, scale=6, description="Res2Net-50, 26w x 6s",
+              timm_name="res2net50_26w_6s", paper_top1_err=21.42, paper_top5_err=5.87, paper_params_m=37.05,
+              paper_source="paper Table 3", weights_file="res2net50_26w_6s-19041792.pth", baseline="resnet50"),
+    _imagenet("res2net50_26w_8s", depth=50, base_width=26, scale=8, description="Res2Net-50, 26w x 8s",
+              timm_name="res2net50_26w_8s", paper_top1_err=20.80, paper_top5_err=5.63, paper_params_m=48.40,
+              paper_source="paper Table 3", weights_file="res2net50_26w_8s-2c7c9f12.pth", baseline="resnet50"),
+    _imagenet("res2net50_18w_4s", depth=50, base_width=18, scale=4,
+              description="Res2Net-50-L (low complexity, paper Table 3), 18w x 4s", paper_top1_err=22.92,
+              paper_top5_err=6.67, paper_source="paper Table 3", baseline="resnet50"),
+    _imagenet("res2net50_26w_4s_299", depth=50, base_width=26, scale=4,
+              description="Res2Net-50 26w x 4s at 299x299 input (paper Table 1 setting)", input_size=299,
+              crop_pct=299 / 333, baseline="resnet50"),
+    _imagenet("se_res2net50_26w_4s", depth=50, base_width=26, scale=4,
+              description="SE-Res2Net-50, 26w x 4s (paper Table 1)", se_reduction=16, paper_top1_err=21.56,
+              paper_top5_err=5.94, paper_source=T1, baseline="se_resnet50"),
+    _imagenet("res2net101_26w_4s", depth=101, base_width=26, scale=4, description="Res2Net-101, 26w x 4s",
+              timm_name="res2net101_26w_4s", paper_top1_err=20.81, paper_top5_err=5.57, paper_params_m=45.21,
+              paper_source="paper Table 2", weights_file="res2net101_26w_4s-02a759a1.pth", baseline="resnet101"),
+    _imagenet("res2net152_26w_4s", depth=152, base_width=26, scale=4, description="Res2Net-152, 26w x 4s",
+              baseline="resnet152"),
+    _imagenet("res2next50", depth=50, base_width=4, scale=4, description="Res2NeXt-50, 4w x 8c x 4s", cardinality=8,
+              timm_name="res2next50", paper_top1_err=21.76, paper_top5_err=6.09, paper_params_m=24.67,
+              paper_source=T1, weights_file="res2next50_4s-6ef7e7bf.pth", baseline="resnext50_32x4d"),
     # --- v1b (deep stem, average-pool shortcut; official README) ---------------------------------------
-    _imagenet("res2net50_v1b_26w_4s", 50, 26, 4, "Res2Net-50 v1b, 26w x 4s", **_v1b(), aliases=("res2net50d",),
-              timm_name="res2net50d", paper_top1_err=19.73, paper_top5_err=4.96, paper_params_m=25.72,
-              paper_source=README, weights_file="res2net50_v1b_26w_4s-3cf99910.pth", baseline="resnet50"),
-    _imagenet("res2net101_v1b_26w_4s", 101, 26, 4, "Res2Net-101 v1b, 26w x 4s", **_v1b(),
-              aliases=("res2net101d",), timm_name="res2net101d", paper_top1_err=18.77, paper_top5_err=4.64,
-              paper_params_m=45.23, paper_source=README, weights_file="res2net101_v1b_26w_4s-0812c246.pth",
-              baseline="resnet101"),
-    _imagenet("res2net152_v1b_26w_4s", 152, 26, 4, "Res2Net-152 v1b, 26w x 4s", **_v1b(), baseline="resnet152"),
+    _imagenet("res2net50_v1b_26w_4s", depth=50, base_width=26, scale=4, description="Res2Net-50 v1b, 26w x 4s",
+              v1b=True, aliases=("res2net50d",), timm_name="res2net50d", paper_top1_err=19.73, paper_top5_err=4.96,
+              paper_params_m=25.72, paper_source=README, weights_file="res2net50_v1b_26w_4s-3cf99910.pth",
+              baseline="resnet50"),
+    _imagenet("res2net101_v1b_26w_4s", depth=101, base_width=26, scale=4, description="Res2Net-101 v1b, 26w x 4s",
+              v1b=True, aliases=("res2net101d",), timm_name="res2net101d", paper_top1_err=18.77,
+              paper_top5_err=4.64, paper_params_m=45.23, paper_source=README,
+              weights_file="res2net101_v1b_26w_4s-0812c246.pth", baseline="resnet101"),
+    _imagenet("res2net152_v1b_26w_4s", depth=152, base_width=26, scale=4, description="Res2Net-152 v1b, 26w x 4s",
+              v1b=True, baseline="resnet152"),
     # --- DLA (paper Table 1; official weights) ----------------------------------------------------------
-    _dla("res2net_dla60", 28, 4, 1, "Res2Net-DLA-60", aliases=("dla60_res2net",), timm_name="dla60_res2net",
-         paper_top1_err=21.53, paper_top5_err=5.80, paper_params_m=21.15, paper_source=T1,
-         weights_file="res2net_dla60_4s-d88db7f9.pth", baseline="dla60"),
-    _dla("res2next_dla60", 4, 4, 8, "Res2NeXt-DLA-60", aliases=("dla60_res2next",), timm_name="dla60_res2next",
-         paper_top1_err=21.55, paper_top5_err=5.86, paper_params_m=17.33, paper_source=T1,
-         weights_file="res2next_dla60_4s-d327927b.pth", baseline="dla60x"),
+    _dla60("res2net_dla60", base_width=28, scale=4, cardinality=1, description="Res2Net-DLA-60",
+           aliases=("dla60_res2net",), timm_name="dla60_res2net", paper_top1_err=21.53, paper_top5_err=5.80,
+           paper_params_m=21.15, paper_source=T1, weights_file="res2net_dla60_4s-d88db7f9.pth", baseline="dla60"),
+    _dla60("res2next_dla60", base_width=4, scale=4, cardinality=8, description="Res2NeXt-DLA-60",
+           aliases=("dla60_res2next",), timm_name="dla60_res2next", paper_top1_err=21.55, paper_top5_err=5.86,
+           paper_params_m=17.33, paper_source=T1, weights_file="res2next_dla60_4s-d327927b.pth", baseline="dla60x"),
     # --- CIFAR-100 Res2NeXt-29 family (paper Table 4) ---------------------------------------------------
-    _cifar("resnext29_8x64d", 8, 64, 1, "ResNeXt-29, 8c x 64w (baseline)", paper_params_m=34.4),
-    _cifar("resnext29_16x64d", 16, 64, 1, "ResNeXt-29, 16c x 64w (baseline)", paper_params_m=68.1),
-    _cifar("res2next29_6cx24wx4s", 6, 24, 4, "Res2NeXt-29, 6c x 24w x 4s", paper_params_m=24.3,
-           baseline="resnext29_8x64d"),
-    _cifar("res2next29_8cx25wx4s", 8, 25, 4, "Res2NeXt-29, 8c x 25w x 4s", paper_params_m=33.8,
-           baseline="resnext29_8x64d"),
-    _cifar("res2next29_6cx24wx6s", 6, 24, 6, "Res2NeXt-29, 6c x 24w x 6s", paper_params_m=36.7,
-           baseline="resnext29_8x64d"),
-    _cifar("se_res2next29_6cx24wx4s", 6, 24, 4, "SE-Res2NeXt-29, 6c x 24w x 4s", se=True, paper_params_m=26.0,
-           baseline="resnext29_8x64d"),
-    _cifar("se_res2next29_8cx25wx4s", 8, 25, 4, "SE-Res2NeXt-29, 8c x 25w x 4s", se=True, paper_params_m=34.0,
-           baseline="resnext29_8x64d"),
-    _cifar("se_res2next29_6cx24wx6s", 6, 24, 6, "SE-Res2NeXt-29, 6c x 24w x 6s", se=True, paper_params_m=36.9,
-           baseline="resnext29_8x64d"),
+    _cifar29("resnext29_8x64d", cardinality=8, base_width=64, scale=1,
+             description="ResNeXt-29, 8c x 64w (baseline)", paper_params_m=34.4),
+    _cifar29("resnext29_16x64d", cardinality=16, base_width=64, scale=1,
+             description="ResNeXt-29, 16c x 64w (baseline)", paper_params_m=68.1),
+    _cifar29("res2next29_6cx24wx4s", cardinality=6, base_width=24, scale=4,
+             description="Res2NeXt-29, 6c x 24w x 4s", paper_params_m=24.3, baseline="resnext29_8x64d"),
+    _cifar29("res2next29_8cx25wx4s", cardinality=8, base_width=25, scale=4,
+             description="Res2NeXt-29, 8c x 25w x 4s", paper_params_m=33.8, baseline="resnext29_8x64d"),
+    _cifar29("res2next29_6cx24wx6s", cardinality=6, base_width=24, scale=6,
+             description="Res2NeXt-29, 6c x 24w x 6s", paper_params_m=36.7, baseline="resnext29_8x64d"),
+    _cifar29("se_res2next29_6cx24wx4s", cardinality=6, base_width=24, scale=4,
+             description="SE-Res2NeXt-29, 6c x 24w x 4s", se=True, paper_params_m=26.0, baseline="resnext29_8x64d"),
+    _cifar29("se_res2next29_8cx25wx4s", cardinality=8, base_width=25, scale=4,
+             description="SE-Res2NeXt-29, 8c x 25w x 4s", se=True, paper_params_m=34.0, baseline="resnext29_8x64d"),
+    _cifar29("se_res2next29_6cx24wx6s", cardinality=6, base_width=24, scale=6,
+             description="SE-Res2NeXt-29, 6c x 24w x 6s", se=True, paper_params_m=36.9, baseline="resnext29_8x64d"),
     # --- baselines from the same block with scale 1 (paper Tables 1-2) ----------------------------------
-    _imagenet("resnet50", 50, 64, 1, "ResNet-50 (baseline)", timm_name="resnet50", paper_top1_err=23.85,
-              paper_top5_err=7.13, paper_source=T1),
-    _imagenet("resnet101", 101, 64, 1, "ResNet-101 (baseline)", timm_name="resnet101", paper_top1_err=22.63,
-              paper_top5_err=6.44, paper_source="paper Table 2"),
-    _imagenet("resnet152", 152, 64, 1, "ResNet-152 (baseline)", timm_name="resnet152"),
-    _imagenet("resnext50_32x4d", 50, 4, 1, "ResNeXt-50, 32x4d (baseline)", cardinality=32,
-              timm_name="resnext50_32x4d", paper_top1_err=22.61, paper_top5_err=6.50, paper_source=T1),
-    _imagenet("se_resnet50", 50, 64, 1, "SE-ResNet-50 (baseline)", se_reduction=16, aliases=("seresnet50",),
-              timm_name="seresnet50", paper_top1_err=23.24, paper_top5_err=6.69, paper_source=T1),
-    _dla("dla60", 64, 1, 1, "DLA-60 (baseline)", timm_name="dla60", paper_top1_err=23.32, paper_top5_err=6.60,
-         paper_source=T1),
-    _dla("dla60x", 4, 1, 32, "DLA-X-60 (baseline)", timm_name="dla60x", paper_top1_err=22.19,
-         paper_top5_err=6.13, paper_source=T1),
+    _imagenet("resnet50", depth=50, base_width=64, scale=1, description="ResNet-50 (baseline)",
+              timm_name="resnet50", paper_top1_err=23.85, paper_top5_err=7.13, paper_source=T1),
+    _imagenet("resnet101", depth=101, base_width=64, scale=1, description="ResNet-101 (baseline)",
+              timm_name="resnet101", paper_top1_err=22.63, paper_top5_err=6.44, paper_source="paper Table 2"),
+    _imagenet("resnet152", depth=152, base_width=64, scale=1, description="ResNet-152 (baseline)",
+              timm_name="resnet152"),
+    _imagenet("resnext50_32x4d", depth=50, base_width=4, scale=1, description="ResNeXt-50, 32x4d (baseline)",
+              cardinality=32, timm_name="resnext50_32x4d", paper_top1_err=22.61, paper_top5_err=6.50,
+              paper_source=T1),
+    _imagenet("se_resnet50", depth=50, base_width=64, scale=1, description="SE-ResNet-50 (baseline)",
+              se_reduction=16, aliases=("seresnet50",), timm_name="seresnet50", paper_top1_err=23.24,
+              paper_top5_err=6.69, paper_source=T1),
+    _dla60("dla60", base_width=64, scale=1, cardinality=1, description="DLA-60 (baseline)", timm_name="dla60",
+           paper_top1_err=23.32, paper_top5_err=6.60, paper_source=T1),
+    _dla60("dla60x", base_width=4, scale=1, cardinality=32, description="DLA-X-60 (baseline)", timm_name="dla60x",
+           paper_top1_err=22.19, paper_top5_err=6.13, paper_source=T1),
     # --- small models for 28-32 px images and CPU experiments (no anchor has these) ---------------------
     # Each Res2Net is paired with the same trunk at scale 1 whose width gives the same parameter budget.
-    _small("res2net20_cifar", (2, 2, 2), (16, 32, 64), 64, 4, 32, "Res2Net, ResNet-20-style CIFAR trunk",
-           baseline="resnet20_cifar"),
-    _small("resnet20_cifar", (2, 2, 2), (16, 32, 64), 136, 1, 32, "same-budget ResNet for res2net20_cifar"),
-    _small("res2net56_cifar", (6, 6, 6), (16, 32, 64), 64, 4, 32, "Res2Net, ResNet-56-style CIFAR trunk",
-           baseline="resnet56_cifar"),
-    _small("resnet56_cifar", (6, 6, 6), (16, 32, 64), 138, 1, 32, "same-budget ResNet for res2net56_cifar"),
-    _small("res2net18_small", (2, 2, 2, 2), (64, 128, 256, 512), 21, 4, 64,
-           "Res2Net with ResNet-18's stage layout, small-image stem", baseline="resnet18_small"),
-    _small("resnet18_small", (2, 2, 2, 2), (64, 128, 256, 512), 53, 1, 64,
-           "same-budget ResNet for res2net18_small"),
-    _small("res2net34_small", (3, 4, 6, 3), (64, 128, 256, 512), 24, 4, 64,
-           "Res2Net with ResNet-34's stage layout, small-image stem", baseline="resnet34_small"),
-    _small("resnet34_small", (3, 4, 6, 3), (64, 128, 256, 512), 60, 1, 64,
-           "same-budget ResNet for res2net34_small"),
+    _small("res2net20_cifar", layers=(2, 2, 2), planes=(16, 32, 64), base_width=64, scale=4, stem_width=32,
+           description="Res2Net, ResNet-20-style CIFAR trunk", baseline="resnet20_cifar"),
+    _small("resnet20_cifar", layers=(2, 2, 2), planes=(16, 32, 64), base_width=136, scale=1, stem_width=32,
+           description="same-budget ResNet for res2net20_cifar"),
+    _small("res2net56_cifar", layers=(6, 6, 6), planes=(16, 32, 64), base_width=64, scale=4, stem_width=32,
+           description="Res2Net, ResNet-56-style CIFAR trunk", baseline="resnet56_cifar"),
+    _small("resnet56_cifar", layers=(6, 6, 6), planes=(16, 32, 64), base_width=138, scale=1, stem_width=32,
+           description="same-budget ResNet for res2net56_cifar"),
+    _small("res2net18_small", layers=(2, 2, 2, 2), planes=(64, 128, 256, 512), base_width=21, scale=4,
+           stem_width=64, description="Res2Net with ResNet-18's stage layout, small-image stem",
+           baseline="resnet18_small"),
+    _small("resnet18_small", layers=(2, 2, 2, 2), planes=(64, 128, 256, 512), base_width=53, scale=1, stem_width=64,
+           description="same-budget ResNet for res2net18_small"),
+    _small("res2net34_small", layers=(3, 4, 6, 3), planes=(64, 128, 256, 512), base_width=24, scale=4,
+           stem_width=64, description="Res2Net with ResNet-34's stage layout, small-image stem",
+           baseline="resnet34_small"),
+    _small("resnet34_small", layers=(3, 4, 6, 3), planes=(64, 128, 256, 512), base_width=60, scale=1, stem_width=64,
+           description="same-budget ResNet for res2net34_small"),
     # the Fashion-MNIST CPU default (docs/TRAINING.md): 16/32/64-wide splits, 1-2-2 blocks, slim 1x1 convs
-    _small("res2net17_slim", (1, 2, 2), (8, 16, 32), 128, 4, 16,
-           "slim Res2Net for 28 px CPU training (16w x 4s splits)", baseline="resnet17_slim"),
-    _small("resnet17_slim", (1, 2, 2), (8, 16, 32), 250, 1, 16, "same-budget ResNet for res2net17_slim"),
+    _small("res2net17_slim", layers=(1, 2, 2), planes=(8, 16, 32), base_width=128, scale=4, stem_width=16,
+           description="slim Res2Net for 28 px CPU training (16w x 4s splits)", baseline="resnet17_slim"),
+    _small("resnet17_slim", layers=(1, 2, 2), planes=(8, 16, 32), base_width=250, scale=1, stem_width=16,
+           description="same-budget ResNet for res2net17_slim"),
     # CPU-sized dense-task backbones (docs/DENSE.md): Res2Net-50's 26w x 4s proportions, 2 blocks per stage
-    _lite("res2net26_lite", 26, 4, "half-width 26-layer Res2Net (26w x 4s), backbone for CPU dense tasks",
+    _lite("res2net26_lite", base_width=26, scale=4,
+          description="half-width 26-layer Res2Net (26w x 4s), backbone for CPU dense tasks",
           baseline="resnet26_lite"),
-    _lite("resnet26_lite", 64, 1, "same-budget ResNet for res2net26_lite"),
-    _small("res2net17_cifar", (1, 2, 2), (16, 32, 64), 64, 4, 16,
-           "Res2Net with 1-2-2 blocks and CIFAR widths (16w x 4s splits)", baseline="resnet17_cifar"),
-    _small("resnet17_cifar", (1, 2, 2), (16, 32, 64), 136, 1, 16, "same-budget ResNet for res2net17_cifar"),
+    _lite("resnet26_lite", base_width=64, scale=1, description="same-budget ResNet for res2net26_lite"),
+    _small("res2net17_cifar", layers=(1, 2, 2), planes=(16, 32, 64), base_width=64, scale=4, stem_width=16,
+           description="Res2Net with 1-2-2 blocks and CIFAR widths (16w x 4s splits)", baseline="resnet17_cifar"),
+    _small("resnet17_cifar", layers=(1, 2, 2), planes=(16, 32, 64), base_width=136, scale=1, stem_width=16,
+           description="same-budget ResNet for res2net17_cifar"),
 ]
 
 _BY_NAME: Dict[str, ModelSpec] = {}
@@ -249,6 +282,7 @@ def create_model(
     drop_path_rate: float = 0.0,
     grad_checkpointing: bool = False,
     zero_init_last: bool = False,
+    global_pool: str = "avg",
 ) -> nn.Module:
     """Build a named model.
 
@@ -257,15 +291,22 @@ def create_model(
         pretrained: ``True`` downloads the official checkpoint (hash-checked); a path or a ``file://``/
             ``https://`` URL loads that file. Loading is strict (``weights_only=True``).
         num_classes: classifier outputs (default: the model card's); 0 removes the classifier.
-        features_only: return the stage maps C1..C5 selected by ``out_indices`` (default all); see
-            ``model.feature_info``.
+        features_only: return a :class:`~res2net.models.common.FeatureExtractor` whose forward gives the maps
+            C1..C5 selected by ``out_indices`` (default all); see its ``feature_info``.
         output_stride: 32, 16 or 8 (dilated later stages) for ImageNet trunks; None keeps the native stride.
         frozen_stages, norm_eval: mmdetection semantics (see :meth:`BackboneMixin.configure_backbone`).
         drop_path_rate: stochastic depth, linearly increasing over the blocks.
         grad_checkpointing: recompute block activations in backward to save memory.
+        global_pool: ``"avg"`` (default), ``"max"`` or ``""`` (no pooling: the classifier then gives logits at
+            every position, (N, classes, H, W)).
+
+    The model carries ``pretrained_cfg`` (= ``default_cfg``): the card's preprocessing in timm's format
+    (``input_size`` as ``(C, H, W)``, see :func:`pretrained_cfg`).
 
     >>> create_model("res2net50_26w_4s", num_classes=10)(torch.randn(1, 3, 64, 64)).shape
     torch.Size([1, 10])
+    >>> create_model("res2net50_26w_4s", features_only=True, out_indices=(2, 4)).feature_info.channels()
+    [512, 2048]
     """
     spec = get_spec(name)
     if not isinstance(in_chans, int) or in_chans < 1:
@@ -275,24 +316,54 @@ def create_model(
     n_cls = spec.num_classes if num_classes is None else num_classes
     if not isinstance(n_cls, int) or n_cls < 0:
         raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
-    cls = DLA if spec.family == "dla" else ResNet
-    model = cls(**spec.arch, num_classes=n_cls, in_chans=in_chans, output_stride=output_stride,
-                drop_path_rate=drop_path_rate, norm_layer=norm_layer, zero_init_last=zero_init_last)
-    model.default_cfg = model_card(name, with_complexity=False)  # type: ignore[assignment]
+    model = spec.arch.build(num_classes=n_cls, in_chans=in_chans, output_stride=output_stride,
+                            drop_path_rate=drop_path_rate, norm_layer=norm_layer, zero_init_last=zero_init_last,
+                            global_pool=global_pool)
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg(spec.name, in_chans=in_chans, num_classes=n_cls)
     if pretrained:
         from ..weights import load_pretrained
 
         load_pretrained(model, spec, pretrained)
-    if features_only:
-        to_features(model, out_indices)
-    model.configure_backbone(frozen_stages=frozen_stages, norm_eval=norm_eval)
-    model.set_grad_checkpointing(grad_checkpointing)
-    return model
+    result: nn.Module = FeatureExtractor(model, out_indices) if features_only else model
+    result.configure_backbone(frozen_stages=frozen_stages, norm_eval=norm_eval)  # type: ignore[operator]
+    result.set_grad_checkpointing(grad_checkpointing)  # type: ignore[operator]
+    return result
 
 
-def count_params(model: nn.Module) -> int:
-    """Total number of parameters (trainable or not), as the official figures count them."""
-    return sum(p.numel() for p in model.parameters())
+def pretrained_cfg(name: str, in_chans: int = 3, num_classes: Optional[int] = None) -> Dict[str, Any]:
+    """The model card in timm's ``pretrained_cfg`` format: ``input_size`` as ``(C, H, W)``, ``pool_size``
+    (the last map at that size), ``first_conv``, ``classifier``, preprocessing, and the weights' ``url`` /
+    ``hf_hub_id`` / ``license`` where published. ``in_chans`` other than the card's 3 averages mean/std.
+
+    >>> cfg = pretrained_cfg("res2net17_slim")
+    >>> cfg["input_size"], cfg["pool_size"], cfg["first_conv"]
+    ((3, 32, 32), (8, 8), 'conv1')
+    """
+    spec = get_spec(name)
+    mean, std = spec.mean, spec.std
+    if in_chans != len(mean):
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    pool = -(-spec.input_size // spec.arch.total_stride)
+    published = spec.weights_file is not None
+    return {
+        "architecture": spec.name,
+        "url": spec.url or "",
+        "hf_hub_id": spec.hf_hub_id,
+        "license": OFFICIAL_LICENSE if published else None,
+        "num_classes": spec.num_classes if num_classes is None else num_classes,
+        "input_size": (in_chans, spec.input_size, spec.input_size),
+        "pool_size": (pool, pool),
+        "crop_pct": spec.crop_pct,
+        "interpolation": spec.interpolation,
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "first_conv": spec.arch.first_conv,
+        "classifier": "fc",
+        "description": spec.description,
+        "paper_name": "Res2Net: A New Multi-scale Backbone Architecture",
+        "paper_ids": "arXiv:1904.01169",
+        "origin_url": "https://github.com/Res2Net/Res2Net-PretrainedModels" if published else None,
+    }
 
 
 def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
@@ -329,7 +400,7 @@ def model_card(name: str, with_complexity: bool = True) -> Dict[str, Any]:
     """Everything known about a model: architecture, paper errors, params/MACs, preprocessing, weights."""
     spec = get_spec(name)
     card = asdict(spec)
-    card.update(url=spec.url, sha256_prefix=spec.sha256_prefix)
+    card.update(family=spec.family, url=spec.url, sha256_prefix=spec.sha256_prefix, hf_hub_id=spec.hf_hub_id)
     if with_complexity:
         params, macs = model_complexity(spec.name)
         card.update(params=params, macs=macs)

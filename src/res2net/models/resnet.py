@@ -3,18 +3,56 @@ ResNet/ResNeXt/SE-ResNet baselines (``scale=1``). The state_dict layout equals t
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..layers import NormLayer, Res2NetBlock, conv_bn_relu, init_weights, split_width
-from .common import BackboneMixin, check_block_args
+from .common import FeatureInfo, Trunk, check_block_args
 
 STEMS = ("default", "deep", "cifar")
 
 
-class ResNet(BackboneMixin, nn.Module):
+@dataclass(frozen=True)
+class ResNetArch:
+    """The architecture of one ResNet-trunk model of the zoo: the arguments of :class:`ResNet` that a
+    registry row fixes (``planes`` per stage; the split width is ``floor(planes * base_width / 64)``).
+
+    >>> arch = ResNetArch(layers=(3, 4, 6, 3), base_width=26, scale=4)
+    >>> arch.total_stride, arch.build(num_classes=0).num_features
+    (32, 2048)
+    """
+
+    family: ClassVar[str] = "resnet"
+
+    layers: Tuple[int, ...]
+    planes: Tuple[int, ...] = (64, 128, 256, 512)
+    base_width: int = 26
+    scale: int = 4
+    cardinality: int = 1
+    stem: str = "default"
+    stem_width: int = 64
+    avg_down: bool = False
+    se_reduction: int = 0
+
+    @property
+    def total_stride(self) -> int:
+        """Reduction of the last map without dilation (the stem's, times 2 per later stage)."""
+        return (1 if self.stem == "cifar" else 4) * 2 ** (len(self.layers) - 1)
+
+    @property
+    def first_conv(self) -> str:
+        """Name of the first convolution (timm's ``first_conv``)."""
+        return "conv1.0" if self.stem == "deep" else "conv1"
+
+    def build(self, **kwargs: Any) -> "ResNet":
+        """The trunk; ``kwargs`` are the per-instance arguments of :class:`ResNet` (classes, channels...)."""
+        return ResNet(**asdict(self), **kwargs)
+
+
+class ResNet(Trunk):
     """Res2Net/ResNet trunk: stem -> stages of :class:`Res2NetBlock` -> global pool -> fc.
 
     Args:
@@ -26,6 +64,10 @@ class ResNet(BackboneMixin, nn.Module):
         avg_down: v1b shortcut (average pool, then a stride-1 1x1 conv).
         se_reduction: squeeze-excitation ratio in every block (0: none).
         output_stride: 32, 16 or 8 (ImageNet stems; None = native); later stages dilate instead of striding.
+        global_pool: ``"avg"``, ``"max"`` or ``""`` (no pooling: logits at every position).
+
+    Modules are registered in the order they run (``conv1, bn1, relu, maxpool, layer1..``, then the head
+    ``global_pool, fc``); the stem output C1 is ``relu``'s.
 
     >>> m = ResNet((1, 1, 1, 1), scale=4, base_width=26, num_classes=10)
     >>> [tuple(f.shape[1:]) for f in m.forward_stages(torch.randn(1, 3, 64, 64))]
@@ -51,6 +93,7 @@ class ResNet(BackboneMixin, nn.Module):
         drop_path_rate: float = 0.0,
         norm_layer: Optional[NormLayer] = None,
         zero_init_last: bool = False,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -62,7 +105,6 @@ class ResNet(BackboneMixin, nn.Module):
         check_block_args(scale, base_width, cardinality, min(planes))
         norm_layer = norm_layer or nn.BatchNorm2d
         self.in_chans = in_chans
-        self.num_classes = num_classes
         self.grad_checkpointing = False
 
         stem_stride = 1 if stem == "cifar" else 4
@@ -90,9 +132,7 @@ class ResNet(BackboneMixin, nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool: nn.Module = nn.Identity() if stem == "cifar" else nn.MaxPool2d(3, stride=2, padding=1)
 
-        info: List[Dict[str, Any]] = [
-            {"num_chs": stem_width, "reduction": 1 if stem == "cifar" else 2, "module": "bn1"}
-        ]
+        info = FeatureInfo([{"num_chs": stem_width, "reduction": 1 if stem == "cifar" else 2, "module": "relu"}])
         total_blocks = sum(layers)
         block_idx = 0
         in_channels = stem_width
@@ -131,33 +171,11 @@ class ResNet(BackboneMixin, nn.Module):
             in_channels = out_channels
             info.append({"num_chs": out_channels, "reduction": reduction, "module": name})
         self.feature_info = info
-        self.num_features = in_channels
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc: nn.Module = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
-        self.setup_stages(stage_names)
+        self.stem_names = ["conv1", "bn1"]
+        self.stage_names = stage_names
+        self.init_head(in_channels, num_classes, global_pool)
         init_weights(self, zero_init_last=zero_init_last)
 
-    def stem_modules(self) -> List[nn.Module]:
-        return [self.conv1, self.bn1]
-
-    # ---- forward ------------------------------------------------------------------------------------
-    def forward_stem(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn1(self.conv1(x)))
-
-    def forward_stages(self, x: Tensor) -> List[Tensor]:
-        """Stem output (C1) and every stage output (C2..), in order."""
-        self.check_input(x)
-        x = self.forward_stem(x)
-        return [x] + self.run_stages(self.maxpool(x))
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        return self.run_stages(self.maxpool(self.forward_stem(x)))[-1]
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.fc(torch.flatten(self.global_pool(x), 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """timm's parameter groups (layer-wise lr decay): the stem, then the stages (or their blocks)."""
+        return {"stem": r"^conv1|^bn1", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
