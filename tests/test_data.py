@@ -167,3 +167,105 @@ def test_cifar100_pickles(tmp_path: Path) -> None:
     assert sets["train"].classes[5] == "c5"
     with pytest.raises(DataError, match="cifar-100-python"):
         load_cifar100(str(tmp_path / "nowhere"))
+
+
+# ---- decoding: every mode, 16 bits, any decoder rejection (issue 16) ------------------------------------------
+def test_every_mode_converts_and_16_bit_is_scaled(tmp_path: Path) -> None:
+    import numpy as np
+
+    from res2net.data.images import to_8bit
+
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.array([[0, 257 * 128, 65535, 4096]], dtype=np.uint16)).save(grey16)
+    assert Image.open(grey16).mode == "I;16"
+    assert np.asarray(open_image(str(grey16), channels=1)).ravel().tolist() == [0, 128, 255, 16]  # scaled, not clipped at 255
+    assert open_image(str(grey16)).getpixel((3, 0)) == (16, 16, 16)
+    cases = {("I", 257 * 200): (200,) * 3, ("F", 0.5): (128,) * 3, ("F", 300.0): (255,) * 3,
+             ("LA", (90, 10)): (90,) * 3, ("La", (90, 255)): (90,) * 3, ("PA", (0, 255)): None,
+             ("RGBa", (100, 50, 20, 255)): (100, 50, 20), ("1", 1): (255,) * 3, ("CMYK", (0, 0, 0, 0)): (255,) * 3,
+             ("YCbCr", (255, 128, 128)): (255,) * 3, ("HSV", (0, 255, 255)): (255, 0, 0),
+             ("LAB", (255, 128, 128)): (255,) * 3, ("I;16B", 65535): (255,) * 3, ("RGBX", (1, 2, 3, 0)): (1, 2, 3)}
+    for (mode, value), expected in cases.items():
+        img = to_8bit(Image.new(mode, (2, 2), value), "RGB")
+        assert img.mode == "RGB" and img.size == (2, 2), mode
+        if expected is not None:
+            assert all(abs(a - b) <= 2 for a, b in zip(img.getpixel((0, 0)), expected)), (mode, img.getpixel((0, 0)))
+        assert to_8bit(Image.new(mode, (2, 2), value), "L").mode == "L"
+
+
+def test_any_decoder_rejection_is_skipped_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import PIL.Image
+
+    _write_images(tmp_path)
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(tmp_path / "train" / "dog" / "bomb.png")
+    (tmp_path / "train" / "cat" / "text.png").write_text("not a png at all")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 500)  # 40x40 > 2x500 pixels: DecompressionBombError
+    tf = classification_transforms(False, 8, 1.0, (0.5,) * 3, (0.25,) * 3)
+    ds = image_folder_split(tmp_path, "train", tf)
+    images, labels, bad = skip_collate([ds[i] for i in range(len(ds))])
+    reasons = {Path(p).name: r for p, r in bad}
+    assert set(reasons) == {"corrupt.jpg", "bomb.png", "text.png"} and len(labels) == images.shape[0] == 4
+    assert reasons["bomb.png"].startswith("DecompressionBombError") and "\n" not in reasons["bomb.png"]
+    with pytest.raises(DataError, match="cannot decode image .*bomb.png: DecompressionBombError"):
+        open_image(str(tmp_path / "train" / "dog" / "bomb.png"))
+
+
+def test_one_class_folder_fails_before_training(tmp_path: Path) -> None:
+    _write_images(tmp_path)
+    shutil.rmtree(tmp_path / "train" / "dog")
+    tf = classification_transforms(True, 8, 1.0, (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(DataError, match=r"holds 1 class folder\(s\) \(cat\); a classifier needs at least 2"):
+        image_folder_split(tmp_path, "train", tf)
+
+
+def test_a_given_data_dir_is_the_only_place_looked_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # even with a cached copy, a wrong --data-dir fails
+    with pytest.raises(DataError, match=f"--data-dir {tmp_path / 'missing'} does not exist"):
+        fm.find_dir(str(tmp_path / "missing"), download=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=f"file {tmp_path / 'empty'}/train-images-idx3-ubyte.gz is missing"):
+        fm.find_dir(str(tmp_path / "empty"), download=False)
+
+
+# ---- dense data (issue 16) ------------------------------------------------------------------------------
+def _coco(tmp_path: Path, images: list, annotations: list) -> Path:
+    import json
+
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for im in images:
+        Image.new("RGB", (im["width"], im["height"])).save(tmp_path / "img" / im["file_name"])
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "thing"}]}))
+    return path
+
+
+def test_coco_duplicate_ids_and_bad_boxes_are_refused(tmp_path: Path) -> None:
+    from res2net.data.dense import CocoDetection
+
+    img = {"id": 1, "file_name": "a.png", "width": 16, "height": 16}
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}
+    path = _coco(tmp_path, [img, {**img, "file_name": "b.png"}], [ann])
+    with pytest.raises(DataError, match=r"duplicate image ids \[1\]"):
+        CocoDetection(tmp_path / "img", path)
+    path = _coco(tmp_path, [img], [{**ann, "bbox": ["1", "1", "5", "5"]}])
+    with pytest.raises(DataError, match=r"annotation 1 of a.png has bbox \['1', '1', '5', '5'\]; expected"):
+        CocoDetection(tmp_path / "img", path)
+    path = _coco(tmp_path, [img], [{**ann, "bbox": [20, 20, 5, 5]}])  # outside the image: nothing usable
+    with pytest.raises(DataError, match="no image with a usable annotation for training .*1 degenerate boxes"):
+        CocoDetection(tmp_path / "img", path, train=True)
+    assert len(CocoDetection(tmp_path / "img", path, train=False)) == 1  # evaluation keeps the image
+
+
+def test_16_bit_masks_are_not_wrapped(tmp_path: Path) -> None:
+    import numpy as np
+
+    from res2net.data.dense import MaskFolder
+
+    Image.new("RGB", (4, 2)).save(tmp_path / "x.png")
+    Image.fromarray(np.array([[0, 1, 256, 1], [0, 0, 1, 1]], dtype=np.uint16)).save(tmp_path / "m16.png")
+    with pytest.raises(DataError, match=r"class ids \[256\] outside 0..2"):  # 256 would have wrapped to 0
+        MaskFolder([(tmp_path / "x.png", tmp_path / "m16.png")], num_classes=3).read(0)
+    Image.fromarray(np.array([[0, 65535, 30000, 40000]] * 2, dtype=np.uint16)).save(tmp_path / "s16.png")
+    _, mask = MaskFolder([(tmp_path / "x.png", tmp_path / "s16.png")]).read(0)  # saliency: binarised mid-range
+    assert mask[0].tolist() == [0.0, 1.0, 0.0, 1.0]

@@ -49,7 +49,10 @@ def to_8bit(img: Image.Image, mode: str = "RGB") -> Image.Image:
         img = img.convert("LA")
     elif img.mode == "RGBa":
         img = img.convert("RGBA")
-    return img.convert(mode)
+    try:
+        return img.convert(mode)
+    except ValueError:  # no direct conversion (e.g. LAB -> L): through RGB
+        return img.convert("RGB").convert(mode)
 
 
 def open_image(path: Union[str, Path], channels: int = 3) -> Image.Image:
