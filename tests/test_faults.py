@@ -425,3 +425,50 @@ def test_cli_sigterm_and_sigint_at_random_moments_resume_bit_exact(tmp_path: Pat
     cut = torch.load(out / MODEL / "last.pt", weights_only=True)
     assert _same(ref["model"], cut["model"])
     assert [h["train_loss"] for h in ref["history"]] == [h["train_loss"] for h in cut["history"]]
+
+
+# ---- reports of a run folder (classification) -------------------------------------------------------------
+@needs_fmnist
+def test_second_model_joins_the_report_and_another_dataset_is_refused(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from res2net.cli import main
+
+    out = tmp_path / "run"
+    small = ["--dataset", "fashion-mnist", "--train-subset", "64", "--epochs", "1", "--batch-size", "32", "--set",
+             "data.test_subset=32", "--workers", "0", "--quiet", "--out", str(out)]
+    assert main(["train", "--model", MODEL, *small]) == 0
+    assert main(["train", "--model", "resnet17_slim", *small]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {MODEL, "resnet17_slim"}  # the first model's entry is kept
+    assert MODEL in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["train", "--model", "resnet17_slim", "--dataset", "cifar100", "--data-dir", str(tmp_path),
+                 "--out", str(out), "--quiet"]) == 2
+    assert "reports models trained on 'fashion-mnist', this run uses 'cifar100'" in capsys.readouterr().err
+    with RunLock(out):  # the whole --out is locked by a running `res2net train`
+        assert main(["train", "--model", "resnet17_slim", *small]) == 2
+    assert f"output folder {out} is in use by another run" in capsys.readouterr().err
+
+
+def test_unreadable_validation_images_give_null_metrics_and_exit_2(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    from res2net.cli import main
+
+    root = tmp_path / "data"
+    for cls, colour in (("a", (250, 10, 10)), ("b", (10, 10, 250))):
+        (root / "train" / cls).mkdir(parents=True)
+        (root / "val" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (36, 36), colour).save(root / "train" / cls / f"{i}.png")
+        (root / "val" / cls / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "run"
+    code = main(["train", "--model", MODEL, "--dataset", "imagefolder", "--data-dir", str(root), "--epochs", "1",
+                 "--batch-size", "4", "--set", "data.input_size=32", "--workers", "0", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"no evaluation image could be read for {MODEL}" in err
+    text = (out / "metrics.json").read_text()
+    assert "NaN" not in text
+    metrics = json.loads(text)
+    assert metrics["models"][MODEL]["test_top1"] is None and f"models.{MODEL}.test_top1" in metrics["non_finite"]

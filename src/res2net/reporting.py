@@ -4,7 +4,6 @@ markdown tables."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -38,8 +37,11 @@ def out_dir(path: str | Path) -> Path:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON."""
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    """Write ``obj`` as indented, strict JSON (non-finite numbers become null and are listed under
+    ``non_finite``; see :mod:`res2net.engine.jsonio`), atomically."""
+    from .engine.jsonio import write_json as write_strict
+
+    write_strict(path, obj)
 
 
 def write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple, Type
 
@@ -13,6 +12,7 @@ from torch import nn
 from ..data.dense import load_rgb
 from ..data.samples import list_images
 from ..engine import Trainer, load_config
+from ..engine.jsonio import dumps_strict
 from ..errors import ConfigError
 from ..tasks.dense_config import NORMS
 from ..tasks.dense_task import DenseTask, load_trained, run_eval
@@ -98,7 +98,7 @@ def cmd_train(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Names
     if not task.report:  # resumed after the last epoch: evaluate the final weights
         run_eval(task, result.model, cfg, next(result.model.parameters()).device)
     path = task.write_reports(out)
-    print(json.dumps(task.report))
+    print(dumps_strict(task.report, indent=None))
     print(f"wrote {path}")
     return 0
 
@@ -117,7 +117,7 @@ def cmd_eval(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Namesp
     task, model, cfg = trained_task(task_cls, schema, args, extra)
     run_eval(task, model, cfg)
     path = task.write_reports(task.out_dir)
-    print(json.dumps(task.report))
+    print(dumps_strict(task.report, indent=None))
     print(f"wrote {path}")
     return 0
 

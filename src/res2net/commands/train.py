@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -13,12 +13,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..engine import Context, build_loader, fit, load_config, select_amp, select_device
+from ..engine import Context, DistInfo, build_loader, fit, load_config, select_amp, select_device
 from ..engine.distributed import init_distributed
-from ..errors import CheckpointError, ConfigError
+from ..engine.jsonio import write_json
+from ..engine.runfolder import RunLock
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models import get_spec
 from ..tasks.classification import (DATASETS, DEFAULT_RECIPE, ClassificationConfig, ClassificationData,
-                                    ClassificationTask, load_data, model_summary, write_report)
+                                    ClassificationTask, earlier_models, load_data, model_summary,
+                                    write_report)
 from ..pretrained import PRETRAINED_DIR, fetch_first, save_pretrained
 from ..tasks.classification.seeds import seed_statistics, seeds_plot
 from ..weights import describe_checkpoint, model_from_checkpoint
@@ -75,6 +78,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --out DIR (the folder of the run to continue)")
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     dist = init_distributed(cfg.run.device)
+    lock = RunLock(out)  # one run at a time per --out
+    try:
+        if dist.is_main:
+            lock.acquire()
+            earlier_models(out, cfg.data.dataset)  # a report of another data set is refused before training
+        return train_all(args, cfg, out, dist)
+    finally:
+        lock.release()
+
+
+def train_all(args: argparse.Namespace, cfg: ClassificationConfig, out: Path, dist: DistInfo) -> int:
+    """Train every model of ``cfg`` into ``out`` (each with ``--seeds`` seeds), then write the report."""
     start = time.perf_counter()
     summaries: Dict[str, Dict[str, Any]] = {}
     confusions: Dict[str, Optional[Tensor]] = {}
@@ -110,6 +125,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{pair['model']} - {pair['baseline']}: {100 * pair['mean_diff']:+.2f} points, 95% CI "
                   f"[{100 * lo:+.2f}, {100 * hi:+.2f}] ({'excludes' if pair['excludes_zero'] else 'includes'} 0)")
         print(f"report: {out / 'report.md'}")
+        unscored = [n for n, s in summaries.items() if not math.isfinite(s["test_top1"])]
+        if unscored:
+            raise DataError(f"no evaluation image could be read for {', '.join(unscored)}: their test metrics are "
+                            f"null in {out / 'metrics.json'} (see the skipped-image warnings)")
     return 0
 
 
@@ -150,8 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
               "skipped_images": len(task.skipped)}
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print(f"{name} on {cfg.data.dataset} ({len(data.test)} images): top-1 error "
           f"{100 * result['top1_error']:.2f}%  top-5 error {100 * result['top5_error']:.2f}%  -> {out}")
     return 0

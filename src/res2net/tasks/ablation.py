@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
+from ..engine.jsonio import jsonl_line
 from ..errors import ConfigError
 from ..models import ResNet, count_macs, count_params
 
@@ -190,7 +191,7 @@ def sweep(runs: Sequence[Run], out: Path, dataset: str, budget: Budget, override
         rec = train_run(run, dataset, budget, out / "runs" / run.run_id, overrides, data_dir, device, resume=True)
         rec["settings"] = settings
         with store.open("a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+            fh.write(jsonl_line(rec) + "\n")
         done[run.run_id] = rec
     return [done[r.run_id] for r in runs]
 

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from ..data.scenes import GENERATOR_VERSION, generate_scenes
 from ..engine import Task
 from ..engine.distributed import barrier, dist_info_from_env
+from ..engine.jsonio import write_json
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import get_spec
 from ..pretrained import create_model
@@ -174,9 +175,9 @@ class DenseTask(Task):
     def write_reports(self, out_dir: Path) -> Path:
         """``metrics.json`` (the issue's schema) and ``data_report.json`` (split sizes and skip counts)."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "data_report.json").write_text(json.dumps(self.data_report, indent=2))
+        write_json(out_dir / "data_report.json", self.data_report)
         path = out_dir / "metrics.json"
-        path.write_text(json.dumps(self.report, indent=2))
+        write_json(path, self.report)
         return path
 
     # ---- prediction -----------------------------------------------------------------------------------

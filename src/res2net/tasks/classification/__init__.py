@@ -13,8 +13,8 @@ Res2Net and its same-budget ResNet baseline on Fashion-MNIST and writes ``metric
 
 from .config import DATASETS, DEFAULT_RECIPE, ClassificationConfig, DataSection, ModelSection
 from .data import ClassificationData, load_data
-from .report import model_summary, write_report
+from .report import earlier_models, model_summary, write_report
 from .task import ClassificationTask
 
 __all__ = ["DATASETS", "DEFAULT_RECIPE", "ClassificationConfig", "ClassificationData", "ClassificationTask",
-           "DataSection", "ModelSection", "load_data", "model_summary", "write_report"]
+           "DataSection", "ModelSection", "earlier_models", "load_data", "model_summary", "write_report"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ...engine import OptimConfig, RunConfig, SchedConfig
-from ...engine.config import at_least
+from ...engine.config import at_least, between
 
 DATASETS = ("fashion-mnist", "cifar100", "imagefolder")
 DEFAULT_RECIPE = "fashion_mnist"
@@ -36,8 +36,8 @@ class DataSection:
     train_subset: Optional[int] = at_least(None, 1)  # random subset of the training set (seeded by run.seed)
     test_subset: Optional[int] = at_least(None, 1)  # random subset of the evaluation set
     val_split: str = "val"  # imagefolder: sub-folder evaluated (class folders, or flat + <split>_labels.txt)
-    input_size: Optional[int] = at_least(None, 1)  # imagefolder: crop size (default: the model card's)
-    crop_padding: int = at_least(4, 0)  # in-memory sets: zero padding of the random crop (0: no crop)
+    input_size: Optional[int] = between(None, 1, 4096)  # imagefolder: crop size (default: the model card's)
+    crop_padding: int = between(4, 0, 64)  # in-memory sets: zero padding of the random crop (0: no crop)
     flip: bool = True  # in-memory sets: random horizontal flip
     train_scales: Optional[List[float]] = None  # progressive resizing: training batches resized to these
     # fractions of the native size, spread over the run (first epoch the first, last epoch the last);

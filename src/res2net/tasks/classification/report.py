@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from ...engine import FitResult, to_dict
+from ...engine.jsonio import write_json
+from ...errors import ConfigError
 from ...models import count_macs, count_params, create_model, get_spec
 from .config import ClassificationConfig
 from .data import ClassificationData
@@ -29,6 +31,31 @@ def model_summary(name: str, result: FitResult, data: ClassificationData, skippe
     }
 
 
+def earlier_models(out: Path, dataset: str, exclude: Dict[str, Any] = {}) -> Dict[str, Dict[str, Any]]:
+    """The entries of ``out/metrics.json`` written by earlier runs into the same folder for models not in
+    ``exclude``: a second model trained into an existing ``--out`` joins the report instead of replacing it.
+    A report of another data set is refused (:class:`ConfigError`), so that one table never mixes data sets."""
+    path = out / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+        models = earlier["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # an unreadable or foreign file is replaced
+    if earlier.get("dataset") != dataset:
+        raise ConfigError(f"{path} reports models trained on {earlier.get('dataset')!r}, this run uses {dataset!r}; "
+                          "choose another --out")
+    kept = {}
+    for name, entry in models.items():
+        if name in exclude or not isinstance(entry, dict):
+            continue
+        for key in ("test_top1", "test_top5"):
+            entry[key] = float("nan") if entry.get(key) is None else entry[key]
+        kept[name] = entry
+    return kept
+
+
 def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Dict[str, Optional[Tensor]],
                  classes: List[str], cfg: ClassificationConfig, wall_seconds: float, command: str,
                  seeds: Optional[Dict[str, Any]] = None) -> None:
@@ -39,9 +66,10 @@ def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Di
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
+    summaries = {**earlier_models(out, cfg.data.dataset, exclude=summaries), **summaries}
     metrics = {"models": summaries, "dataset": cfg.data.dataset, "wall_seconds": wall_seconds, "seeds": seeds,
                "command": command, "config": to_dict(cfg)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)  # strict: a metric that could not be computed is null + flagged
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for name, s in summaries.items():
