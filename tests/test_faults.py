@@ -472,3 +472,13 @@ def test_unreadable_validation_images_give_null_metrics_and_exit_2(tmp_path: Pat
     assert "NaN" not in text
     metrics = json.loads(text)
     assert metrics["models"][MODEL]["test_top1"] is None and f"models.{MODEL}.test_top1" in metrics["non_finite"]
+
+
+def test_cam_on_a_file_that_is_not_an_image_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from res2net.cli import main
+
+    fake = tmp_path / "photo.png"
+    fake.write_text("not an image")
+    assert main(["cam", "--model", MODEL, str(fake), "--out", str(tmp_path / "cam")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot decode image {fake}" in err and len(err.splitlines()) == 1, err

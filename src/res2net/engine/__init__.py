@@ -5,7 +5,10 @@ The loop (:class:`Trainer`) owns everything that is not task-specific: device se
 bf16/fp16 on CUDA with a GradScaler for fp16), channels_last, the optimizer and per-step lr schedule, EMA,
 gradient clipping, atomic checkpoints (``last.pt`` + ``last.prev.pt`` + ``best.pt``), exact resume (model,
 optimizer, scheduler, scaler, EMA, every RNG state and the sampler position, so a run killed mid-epoch
-resumes bit for bit with ``run.deterministic``), NaN/inf stop, JSONL logs and tqdm progress.
+resumes bit for bit with ``run.deterministic``), NaN/inf stop, JSONL logs and tqdm progress; and the faults of a
+cluster: SIGTERM/SIGINT stop at the next step boundary with ``last.pt`` written (:class:`Preempted`, exit
+143/130 through the CLI), a lock on the output folder, resumes that would mix runs refused, automatic resume of a
+``torchrun`` restart, bounded process-group set-up, strict JSON (:func:`write_json`).
 
 A task supplies the rest by subclassing :class:`Task`::
 
@@ -53,12 +56,15 @@ from .checkpoint import load_checkpoint, load_latest, save_atomic
 from .config import OptimConfig, RunConfig, SchedConfig, load_config, to_dict
 from .distributed import DistInfo, init_distributed, select_amp, select_device
 from .sampler import ResumableBatchSampler
-from .trainer import (Context, FitResult, Task, Trainer, TrainingDiverged, build_loader, fit,
+from .jsonio import write_json
+from .runfolder import RunLock
+from .trainer import (Context, FitResult, Preempted, Task, Trainer, TrainingDiverged, build_loader, fit,
                       seed_everything)
 
 __all__ = [
-    "Context", "DistInfo", "FitResult", "OptimConfig", "ResumableBatchSampler", "RunConfig", "SchedConfig",
+    "Context", "DistInfo", "FitResult", "OptimConfig", "Preempted", "ResumableBatchSampler", "RunConfig", "RunLock",
+    "SchedConfig",
     "Task", "Trainer", "TrainingDiverged", "build_loader", "fit",
     "init_distributed", "load_checkpoint", "load_config", "load_latest", "save_atomic", "seed_everything",
-    "select_amp", "select_device", "to_dict",
+    "select_amp", "select_device", "to_dict", "write_json",
 ]
