@@ -129,7 +129,8 @@ def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, Tensor], sour
             if items:
                 more = f" ... (+{len(items) - 10} more)" if len(items) > 10 else ""
                 parts.append(f"{len(items)} {label}: {', '.join(items[:10])}{more}")
-        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+        what = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+        raise CheckpointError(f"{source} does not fit {what}: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -1,0 +1,288 @@
+"""Weight sources (issue 13), sharing a model (save_pretrained), fine-tuning from each kind of source and
+prediction (issue 14), all offline: the Hugging Face cache is laid out on disk by the tests with files they
+write, read with ``HF_HUB_OFFLINE=1``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import res2net
+from res2net.cli import main
+from res2net.data import fashion_mnist as fm
+from res2net.errors import CheckpointError
+from res2net.pretrained import adapt_input_channels, save_pretrained
+from res2net.tasks.classification.seeds import seed_statistics, t_critical
+
+HAVE_FMNIST = all((fm.DEFAULT_DIR / n).is_file() for n in fm.GZ_MD5)
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
+MODEL = "res2net17_slim"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so a wrong key mapping changes the output."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def hub_cache(root: Path, repo: str, files: Dict[str, bytes]) -> Path:
+    """A Hugging Face Hub cache as huggingface_hub lays it out (refs/main -> snapshots/<commit>/<file>)."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(COMMIT)
+    snapshot = folder / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    return snapshot
+
+
+def safetensors_bytes(state: Dict[str, torch.Tensor], tmp: Path) -> bytes:
+    from safetensors.torch import save_file
+
+    path = tmp / "tmp.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+HUB_SCRIPT = textwrap.dedent('''
+    import json, sys, torch
+    import res2net, res2net.models.registry as registry
+    registry.OFFICIAL_URL = "file:///nonexistent/res2net/"   # the official host is unreachable here
+    name, pretrained, x_path = sys.argv[1], sys.argv[2], sys.argv[3]
+    model = res2net.create_model(name, pretrained=True if pretrained == "True" else pretrained).eval()
+    with torch.no_grad():
+        torch.save(model(torch.load(x_path)), x_path + ".out")
+''')
+
+
+def run_offline(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RES2NET_CACHE=str(tmp_path / "cache"),
+               TORCH_HOME=str(tmp_path / "torch"))
+    return subprocess.run([sys.executable, "-c", HUB_SCRIPT, *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("ours, timm_name", [("res2net50_26w_4s", "res2net50_26w_4s"),
+                                              ("res2net_dla60", "dla60_res2net")])
+def test_pretrained_true_falls_back_to_timms_hub_copy(tmp_path: Path, ours: str, timm_name: str) -> None:
+    """pretrained=True: the official URL fails (named on stderr), timm's Hub copy (timm layout, safetensors
+    preferred over a broken pytorch_model.bin) loads, and the model computes timm's function on those weights."""
+    import timm
+
+    peer = randomize_norms(timm.create_model(timm_name, pretrained=False))
+    hub_cache(tmp_path / "cache" / "huggingface", f"timm/{timm_name}.in1k",
+              {"model.safetensors": safetensors_bytes(peer.state_dict(), tmp_path),
+               "pytorch_model.bin": b"broken: must not be read"})
+    x = torch.randn(2, 3, 64, 64)
+    torch.save(x, tmp_path / "x.pt")
+    proc = run_offline(tmp_path, ours, "True", str(tmp_path / "x.pt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nonexistent" in proc.stderr and "trying the next source" in proc.stderr
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "x.pt.out"), peer(x), rtol=1e-4, atol=1e-4)
+
+
+def test_hf_hub_id_and_every_source_failing(tmp_path: Path) -> None:
+    """An explicit hf-hub id with a revision reads the cache; pretrained=True with nothing reachable fails
+    with one error naming each source, and leaves nothing in the caches."""
+    source = randomize_norms(res2net.create_model(MODEL, num_classes=7))
+    hub_cache(tmp_path / "cache" / "huggingface", "someone/slim",
+              {"model.safetensors": safetensors_bytes(source.state_dict(), tmp_path)})
+    x = torch.randn(1, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    proc = run_offline(tmp_path, MODEL, "hf-hub:someone/slim@main", str(tmp_path / "x.pt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "x.pt.out"), source(x), rtol=0, atol=0)
+
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    proc = run_offline(tmp_path, "res2next50", "True", str(tmp_path / "x.pt"))
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no weights for res2next50" in last and "res2next50_4s-6ef7e7bf.pth" in last
+    assert "hf-hub:timm/res2next50.in1k" in last
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == before  # no partial file
+
+
+def test_corrupt_safetensors_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    with pytest.raises(CheckpointError, match=r"w\.safetensors.*cannot be read"):
+        res2net.create_model(MODEL, pretrained=str(bad))
+
+
+def test_save_pretrained_round_trip(tmp_path: Path) -> None:
+    """A folder with config.json, model.safetensors and a model card loads back with its head, classes and
+    preprocessing; safetensors and .pth copies of the same weights give the same function."""
+    from res2net.data.preprocessing import Preprocessing
+
+    model = randomize_norms(res2net.create_model(MODEL, num_classes=3, in_chans=1))
+    classes = ["cat", "dog", "bird"]
+    prep = Preprocessing(28, (0.3,), (0.35,), 1.0, "bilinear")
+    folder = save_pretrained(model, tmp_path / "shared", MODEL, classes=classes, preprocessing=prep,
+                             metrics={"top1": 0.5}, command="res2net train ...", data="fashion-mnist")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == MODEL and config["res2net"]["classes"] == classes
+    assert config["pretrained_cfg"]["input_size"] == [1, 28, 28]
+    assert "Licence" in (folder / "README.md").read_text()
+    loaded = res2net.create_model(MODEL, pretrained=str(folder)).eval()
+    assert loaded.num_classes == 3 and loaded.class_names == classes and loaded.preprocessing == prep
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    save_pretrained(loaded, folder, MODEL)  # overwriting keeps one complete folder, no leftovers beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+
+
+def test_adapt_input_channels_follows_timms_convention() -> None:
+    w = torch.randn(4, 3, 3, 3)
+    torch.testing.assert_close(adapt_input_channels(w, 1), w.sum(1, keepdim=True))
+    grey = torch.rand(1, 1, 5, 5)
+    # a 3-channel conv on a grey image (equal R, G, B) equals the adapted 1-channel conv on it
+    torch.testing.assert_close(nn.functional.conv2d(grey.expand(1, 3, 5, 5), w),
+                               nn.functional.conv2d(grey, adapt_input_channels(w, 1)))
+    w1 = torch.randn(4, 1, 3, 3)
+    torch.testing.assert_close(nn.functional.conv2d(grey.expand(1, 3, 5, 5), adapt_input_channels(w1, 3)),
+                               nn.functional.conv2d(grey, w1))
+
+
+def test_seed_statistics_hand_checked() -> None:
+    """Three seeds: differences 0.01, 0.02, 0.01 -> mean 0.013333, sd 0.0057735, t(2) = 4.303, half-width
+    4.303 * 0.0057735 / sqrt(3) = 0.014343: the interval [-0.00101, 0.02768] includes zero."""
+    stats = seed_statistics({"a": [0.90, 0.92, 0.91], "b": [0.89, 0.90, 0.90]}, [("a", "b")])
+    assert stats["models"]["a"]["mean"] == pytest.approx(0.91)
+    assert stats["models"]["a"]["std"] == pytest.approx(0.01)
+    pair = stats["pairs"][0]
+    assert pair["mean_diff"] == pytest.approx(0.0133333, abs=1e-6)
+    assert pair["std_diff"] == pytest.approx(0.0057735, abs=1e-6)
+    assert pair["ci95"] == pytest.approx([-0.0010101, 0.0276768], abs=1e-5)
+    assert not pair["excludes_zero"]
+    wide = seed_statistics({"a": [0.93, 0.94, 0.95, 0.93, 0.94], "b": [0.90, 0.90, 0.91, 0.90, 0.91]}, [("a", "b")])
+    assert wide["pairs"][0]["excludes_zero"]
+    assert t_critical(1) == 12.706 and t_critical(4) == 2.776 and t_critical(100) == 1.96
+
+
+# ---- fine-tuning and prediction through the CLI ---------------------------------------------------------
+FT = ["--model", MODEL, "--set", "data.classes=[5,6,7,8,9]", "--set", "data.train_per_class=8",
+      "--set", "data.test_subset=40", "--batch-size", "8", "--epochs", "1", "--quiet", "--workers", "0",
+      "--amp", "off"]
+
+
+def frozen_state(run: Path) -> Dict[str, torch.Tensor]:
+    return torch.load(run / MODEL / "last.pt", weights_only=True)["model"]
+
+
+@needs_fmnist
+def test_linear_probe_from_each_kind_of_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A pretrained 3-channel 10-class model fine-tuned (linear probe: the backbone stays bit-identical) on
+    5 Fashion-MNIST classes from a .pth, a safetensors file, an HF cache entry and one of our run folders:
+    the first convolution is the channel sum, the classifier is re-initialised and says so."""
+    from safetensors.torch import save_file
+
+    source = randomize_norms(res2net.create_model(MODEL))
+    state = source.state_dict()
+    torch.save(state, tmp_path / "w.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    for tag, src in (("pth", tmp_path / "w.pth"), ("st", tmp_path / "w.safetensors")):
+        out = tmp_path / tag
+        assert main(["train", *FT, "--pretrained", str(src), "--linear-probe", "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert "conv1.weight adapted from 3 to 1" in err and "classifier re-initialised" in err
+        got = frozen_state(out)
+        torch.testing.assert_close(got["conv1.weight"], state["conv1.weight"].sum(1, keepdim=True))
+        for key in ("layer3.1.convs.2.weight", "layer3.1.bns.2.running_var", "bn1.running_mean"):
+            assert torch.equal(got[key], state[key]), key
+        assert got["fc.weight"].shape == (5, state["fc.weight"].shape[1])
+    # our run folder (its pretrained/ folder, 1 channel, 5 classes of the same data): the classifier is kept
+    assert main(["train", *FT, "--pretrained", str(tmp_path / "st" / MODEL), "--freeze-stages", "3",
+                 "--out", str(tmp_path / "again")]) == 0
+    assert "classifier kept" in capsys.readouterr().err
+    # a file of another architecture: its missing/unexpected keys, exit 2
+    torch.save(res2net.create_model("res2net20_cifar").state_dict(), tmp_path / "other.pth")
+    assert main(["train", *FT, "--pretrained", str(tmp_path / "other.pth"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "other.pth does not fit res2net17_slim" in err and "shape mismatches" in err
+    assert main(["train", *FT, "--freeze-stages", "7", "--out", str(tmp_path / "y")]) == 2
+    assert "[-1, 3]" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_finetune_from_hf_cache_offline(tmp_path: Path) -> None:
+    """`res2net train --pretrained hf-hub:...` in a fresh process that reads the Hub cache offline."""
+    source = randomize_norms(res2net.create_model(MODEL))
+    hub_cache(tmp_path / "cache" / "huggingface", "me/slim",
+              {"model.safetensors": safetensors_bytes(source.state_dict(), tmp_path)})
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RES2NET_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "res2net.cli", "train", *FT, "--pretrained", "hf-hub:me/slim",
+                           "--linear-probe", "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = frozen_state(tmp_path / "run")
+    assert torch.equal(got["layer2.0.conv3.weight"], source.state_dict()["layer2.0.conv3.weight"])
+
+
+def test_predict_folder_with_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = randomize_norms(res2net.create_model(MODEL, num_classes=3))
+    folder = save_pretrained(model, tmp_path / "m", MODEL, classes=["a", "b", "c"])
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(images / "red.png")
+    Image.new("L", (20, 20), 90).save(images / "sub" / "grey.jpg")
+    (images / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "p.json"
+    assert main(["predict", str(images), "--pretrained", str(folder), "--topk", "2", "--json", str(out),
+                 "--csv", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "1 skipped" in err
+    records = json.loads(out.read_text())
+    assert sorted(Path(r["file"]).name for r in records) == ["grey.jpg", "red.png"]
+    for r in records:
+        assert [t["class"] for t in r["topk"]] and {t["class"] for t in r["topk"]} <= {"a", "b", "c"}
+        assert 0 <= r["topk"][1]["prob"] <= r["topk"][0]["prob"] <= 1
+    # the same through the Python API, on a tensor
+    p = res2net.Predictor(str(folder), topk=3)
+    probs = [t["prob"] for t in p.predict([torch.rand(3, 32, 32)])[0]["topk"]]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty"), "--pretrained", str(folder)]) == 2
+    assert "no images" in capsys.readouterr().err
+
+
+def test_weights_command_lists_sources_and_cache(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RES2NET_CACHE", str(tmp_path))
+    (tmp_path / "official").mkdir()
+    (tmp_path / "official" / "res2net50_26w_4s-06e79181.pth").write_bytes(b"12345")
+    assert main(["weights", "res2net50_26w_4s", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["license"] == "CC BY-NC-SA 4.0"
+    official, hub = rows[0]["sources"]
+    assert official["cached"] and official["bytes"] == 5 and official["sha256"].startswith("5994471a")
+    assert hub["source"] == "hf-hub:timm/res2net50_26w_4s.in1k" and not hub["cached"]
+    assert main(["weights", "nothing*"]) == 2
+
+
+def test_fetched_weights_for_another_model_are_refused(tmp_path: Path) -> None:
+    folder = save_pretrained(res2net.create_model(MODEL), tmp_path / "m", MODEL)
+    with pytest.raises(CheckpointError, match=f"holds {MODEL}, not resnet17_slim"):
+        res2net.create_model("resnet17_slim", pretrained=str(folder))
