@@ -482,3 +482,32 @@ def test_cam_on_a_file_that_is_not_an_image_is_one_line(tmp_path: Path, capsys: 
     assert main(["cam", "--model", MODEL, str(fake), "--out", str(tmp_path / "cam")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"cannot decode image {fake}" in err and len(err.splitlines()) == 1, err
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_cli_full_tmpfs_as_out_stops_with_one_line_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    """``--out`` on a tmpfs with room for the first epoch's checkpoints but not the second's."""
+    small = ["--epochs", "1", "--train-subset", "64", "--set", "data.test_subset=32", "--batch-size", "32",
+             "--workers", "0", "--quiet", "--model", MODEL, "--dataset", "fashion-mnist"]
+    code, err = _cli(tmp_path, "train", *small, "--out", str(tmp_path / "probe"))
+    assert code == 0, err
+    sizes = {p.name: p.stat().st_size for p in (tmp_path / "probe" / MODEL).iterdir() if p.suffix == ".pt"}
+    room = sizes["last.pt"] + sizes["best.pt"] + sizes["last.pt"] // 2 + 256 * 1024  # + logs and rounding
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room // 1024}k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = mount / "run"
+        code, err = _cli(tmp_path, "train", *small, "--epochs", "2", "--out", str(out))
+        last = out / MODEL / "last.pt"
+        assert code == 2 and "Traceback" not in err, err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith(f"res2net train: error: could not write checkpoint {last}: No space left on device")
+        assert "MiB free in" in line and "the previous checkpoint is kept" in line
+        assert not [p for p in (out / MODEL).iterdir() if ".tmp" in p.name]  # no half-written file
+        state = torch.load(last, weights_only=True)
+        assert state["epoch"] == 1 and state["step_in_epoch"] == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -50,6 +50,7 @@ def save_atomic(obj: Dict[str, Any], path: PathLike, keep_previous: bool = True)
         finally:
             os.close(dir_fd)
     except BaseException as exc:
+        full = _nearly_full(path.parent)  # measured before the temp file goes: torch hides ENOSPC
         tmp.unlink(missing_ok=True)
         if replaced and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return path  # the rename happened; only the folder's fsync failed
@@ -59,17 +60,27 @@ def save_atomic(obj: Dict[str, Any], path: PathLike, keep_previous: bool = True)
             raise KeyboardInterrupt(f"interrupted while writing checkpoint {path}; {kept}") from None
         if isinstance(exc, SystemExit):
             raise
-        raise CheckpointError(f"could not write checkpoint {path}: {_write_failure(exc)}; "
+        raise CheckpointError(f"could not write checkpoint {path}: {_write_failure(exc, full)}; "
                               f"{_free_space(path.parent)}; {kept}") from None
     return path
 
 
-def _write_failure(exc: BaseException) -> str:
-    """A one-line reason for a failed write (torch reports a full disk as a RuntimeError)."""
+def _write_failure(exc: BaseException, disk_full: bool = False) -> str:
+    """A one-line reason for a failed write. torch's zip writer reports a full disk as a RuntimeError
+    ("unexpected pos ..."): with the disk (nearly) full at that moment it is named as such."""
     if isinstance(exc, OSError):
         return exc.strerror or str(exc).splitlines()[0]
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"No space left on device ({reason})" if disk_full else reason
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB free in ``folder``'s file system."""
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
 
 
 def _free_space(folder: Path) -> str:
