@@ -1,5 +1,6 @@
 """The model zoo against real references: official checkpoint layouts, timm, torchvision."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from torch import nn
 import res2net
 import res2net.weights
 from res2net.errors import CheckpointError
-from res2net.models import DLA, MODELS, ResNet, UnknownModelError, get_spec, model_complexity
+from res2net.models import DLA, MODELS, FeatureExtractor, ResNet, UnknownModelError, get_spec, model_complexity
+from res2net.models.common import UnusedWeights
 from res2net.models.registry import count_params
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_state_dicts.json"
@@ -233,6 +235,136 @@ def test_torch_compile():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+# --- features wrapper, timm's model API, fx ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["res2net50_v1b_26w_4s", "res2net_dla60", "res2next29_6cx24wx4s"])
+def test_features_only_is_a_wrapper_over_the_plain_model(name, tmp_path):
+    plain = res2net.create_model(name).eval()
+    feats = res2net.create_model(name, features_only=True).eval()
+    assert type(feats) is FeatureExtractor and type(plain) in (ResNet, DLA)
+    assert list(feats.state_dict()) == [k for k in plain.state_dict() if not k.startswith("fc.")]
+    feats.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith("fc.")})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = feats(x)
+        final, inter = plain.forward_intermediates(x)
+        torch.testing.assert_close(final, plain.forward_features(x), rtol=0, atol=0)
+        for a, b in zip(maps, inter):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert feats.feature_info.channels() == [m.shape[1] for m in maps] == plain.feature_info.channels()
+        assert feats.feature_info.reduction() == [64 // m.shape[-1] for m in maps]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.script(feats)
+        assert all(torch.equal(a, b) for a, b in zip(scripted(x), maps))
+        torch.save(feats, tmp_path / "feats.pt")  # an ordinary module: pickles as itself
+        again = torch.load(tmp_path / "feats.pt", weights_only=False)
+        assert all(torch.equal(a, b) for a, b in zip(again(x), maps))
+    body = FeatureExtractor(plain, out_indices=(1,))  # the wrapper shares (does not copy) the trunk's modules
+    assert all(getattr(body, n) is getattr(plain, n) for n in plain.stage_names) and type(plain) in (ResNet, DLA)
+
+
+def test_no_class_swapping_in_src():
+    src = Path(res2net.__file__).parent
+    assert not [p for p in src.rglob("*.py") if "__class__ =" in p.read_text()]
+
+
+def test_forward_intermediates_indices_and_stop_early():
+    model = res2net.create_model("res2net20_cifar").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        full = model.forward_intermediates(x, intermediates_only=True)
+        assert [f.shape[1] for f in model.forward_intermediates(x, indices=2, intermediates_only=True)] == [128, 256]
+        last2 = model.forward_intermediates(x, indices=[-1, 1], intermediates_only=True)
+        assert torch.equal(last2[0], full[-1]) and torch.equal(last2[1], full[1])
+        final, maps = model.forward_intermediates(x, indices=[1], stop_early=True)
+        assert torch.equal(final, full[1]) and torch.equal(maps[0], full[1])
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward_intermediates(x, indices=[7])
+    pruned = copy.deepcopy(model)
+    assert pruned.prune_intermediate_layers([1]) == [1]
+    assert pruned.num_features == pruned.head_hidden_size == 64 and pruned.num_classes == 0
+    assert not any(k.startswith(("layer2.", "layer3.")) for k in pruned.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(pruned.forward_features(x), full[1], rtol=0, atol=0)
+
+
+def test_head_api_and_global_pool():
+    model = res2net.create_model("res2net20_cifar", num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pre.shape == (2, model.head_hidden_size) and model.get_classifier() is model.fc
+        model.reset_classifier(4, "")  # no pooling: the same linear classifier at every position
+        model.fc.load_state_dict(res2net.create_model("res2net20_cifar", num_classes=4).fc.state_dict())
+    model = res2net.create_model("res2net20_cifar", num_classes=4, global_pool="").eval()
+    ref = res2net.create_model("res2net20_cifar", num_classes=4).eval()
+    ref.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        dense = model(x)
+        assert dense.shape == (2, 4, 8, 8)
+        torch.testing.assert_close(dense.mean((2, 3)), ref(x))  # linear head: mean of dense logits = logits
+    model.reset_classifier(0, "avg")
+    assert model(x).shape == (2, 256) and isinstance(model.fc, nn.Identity)
+    model.to(torch.float64).train()
+    model.reset_classifier(9)
+    assert model.fc.weight.dtype == torch.float64 and model.fc.training
+    dla = res2net.create_model("res2net_dla60", num_classes=3, global_pool="max").eval()
+    assert dla(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    with pytest.raises(ValueError, match="global_pool"):
+        res2net.create_model("res2net20_cifar", global_pool="catavgmax")
+    groups = model.group_matcher()
+    assert groups["stem"] and groups["blocks"] and model.no_weight_decay() == set()
+
+
+def test_pretrained_cfg_on_the_model():
+    model = meta_model("res2net50_26w_4s_299")
+    cfg = model.pretrained_cfg
+    assert model.default_cfg is cfg and cfg["input_size"] == (3, 299, 299)
+    with torch.no_grad():
+        assert tuple(model.forward_features(torch.zeros(1, 3, 299, 299, device="meta")).shape[-2:]) == cfg["pool_size"]
+    assert cfg["first_conv"] + ".weight" in model.state_dict() and cfg["classifier"] == "fc"
+    assert meta_model("res2net50_v1b_26w_4s").pretrained_cfg["first_conv"] == "conv1.0"
+    official = meta_model("res2net_dla60").pretrained_cfg
+    assert official["hf_hub_id"] == "timm/dla60_res2net.in1k" and official["license"] == "cc-by-nc-sa-4.0"
+    assert res2net.model_card("res2net17_slim")["input_size"] == 32  # the card keeps an int
+    grey = meta_model("res2net17_slim", in_chans=1).pretrained_cfg
+    assert grey["input_size"] == (1, 32, 32) and grey["mean"] == (0.5,)
+
+
+def test_dla_unused_project_weights_are_buffers_and_every_parameter_learns():
+    model = res2net.create_model("res2net_dla60", num_classes=5).train()
+    unused = [n for n, m in model.named_modules() if isinstance(m, UnusedWeights) and n.endswith("project")]
+    assert unused == ["level3.project", "level4.tree1.project", "level4.project"]
+    keys = [k for k in model.state_dict() if k.startswith(tuple(n + "." for n in unused))]
+    buffers = dict(model.named_buffers())
+    assert len(keys) == 18 and all(k in buffers for k in keys)  # the 18 official keys forward never uses
+    weights = [k for k in keys if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    model(torch.randn(2, 3, 64, 64)).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []  # timm's backward test
+    assert count_params(model) == sum(p.numel() for p in model.parameters()) + sum(
+        buffers[k].numel() for k in weights)
+
+
+@pytest.mark.parametrize("name", ["res2net50_26w_4s", "res2next_dla60", "se_res2next29_6cx24wx4s"])
+def test_fx_and_torchvision_feature_extractor(name):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = res2net.create_model(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    traced = torch.fx.symbolic_trace(model)
+    nodes = {info["module"]: f"C{i + 1}" for i, info in enumerate(model.feature_info)}
+    extractor = create_feature_extractor(model, return_nodes=nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))
+        out = extractor(x)
+        maps = model.forward_intermediates(x, intermediates_only=True)
+    assert list(out) == list(nodes.values())
+    for got, want in zip(out.values(), maps):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------
