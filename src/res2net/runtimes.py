@@ -4,8 +4,9 @@ quantization calibrated on real images.
 
 int8 uses each runtime's own quantizer: onnxruntime's ``quantize_static`` (QDQ, per-channel int8 weights, uint8
 activations, MinMax calibration) for ``backend="onnxruntime"``, and OpenVINO's NNCF (``nncf.quantize``, the
-performance preset) for ``backend="openvino"``. Both are post-training static quantization calibrated on the
-batches passed as ``calibration``; docs/BENCHMARKS.md has the measured accuracy and speed of each.
+mixed preset: symmetric weights, asymmetric activations) for ``backend="openvino"``. Both are post-training
+static quantization calibrated on the batches passed as ``calibration``; docs/BENCHMARKS.md has the measured
+accuracy and speed of each.
 
 Every backend is verified when it is built: against the eager model on a real photo
 (:func:`res2net.export.real_input`) with the export's scale-aware bound (fp32: ``1e-4 + 1e-5 x max|output|``;
@@ -121,8 +122,8 @@ class RuntimeModel(nn.Module):
 
     def forward(self, x: Tensor) -> Union[Tensor, List[Tensor]]:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"{self.runtime_backend} model was built for input (N, {', '.join(map(str, self.input_shape))}),"
-                             f" got {tuple(x.shape)}")
+            shape = ", ".join(map(str, self.input_shape))
+            raise ValueError(f"{self.runtime_backend} model was built for input (N, {shape}), got {tuple(x.shape)}")
         outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in
                 self._run(np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()))]
         return outs if self.features else outs[0]
@@ -133,7 +134,8 @@ class RuntimeModel(nn.Module):
         return super().train(False)
 
     def extra_repr(self) -> str:
-        return f"backend={self.runtime_backend}, dtype={self.dtype_name}, input=(N, {', '.join(map(str, self.input_shape))})"
+        shape = ", ".join(map(str, self.input_shape))
+        return f"backend={self.runtime_backend}, dtype={self.dtype_name}, input=(N, {shape})"
 
 
 # ---------------------------------------------------------------------------------------------- shapes, inputs
@@ -305,8 +307,9 @@ def quantize_onnx(onnx_path: Union[str, Path], out: Union[str, Path], calibratio
 
 
 def quantize_openvino(onnx_path: Union[str, Path], calibration: Sequence[Tensor]) -> Any:
-    """OpenVINO NNCF post-training static quantization of the ONNX graph (performance preset: symmetric
-    int8, fast bias correction) over the calibration batches; returns the quantized ``openvino.Model``."""
+    """OpenVINO NNCF post-training static quantization of the ONNX graph (mixed preset: symmetric int8
+    weights, asymmetric activations, fast bias correction) over the calibration batches; returns the quantized
+    ``openvino.Model``."""
     ov = _require("openvino", "openvino")
     nncf = _require("nncf", "openvino")
     import logging
@@ -316,7 +319,7 @@ def quantize_openvino(onnx_path: Union[str, Path], calibration: Sequence[Tensor]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset(samples), subset_size=len(samples),
-                             preset=nncf.QuantizationPreset.PERFORMANCE)
+                             preset=nncf.QuantizationPreset.MIXED)
 
 
 # -------------------------------------------------------------------------------------------- runners

@@ -1,0 +1,127 @@
+"""``res2net bench``: the cases it builds, the roofline probes at the network's own shapes, the derived shares and
+ratios, the runtime rows. Tiny models and one round: no timing is asserted, only what is derived from timings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import res2net
+from res2net.bench import BenchConfig, Result, derive, format_markdown, run_bench, write_report
+from res2net.bench.roofline import attainable_seconds, conv_shapes, stage_probes
+
+
+def test_bench_smoke(tmp_path) -> None:
+
+
+    cfg = BenchConfig(models=["resnet20_cifar"], batch_sizes=[2], dtypes=["fp32"], train=True, peers=False,
+                      grad_checkpointing=True, repeats=1, warmup=0, train_warmup=0, probe_size=128)
+    report = run_bench(cfg, log=lambda s: None)
+    rows = {(r["impl"], r["mode"]): r for r in report["results"]}
+    assert {("probe", "probe"), ("ours", "infer"), ("ours-optimized", "infer"), ("ours", "train"),
+            ("ours-ckpt", "train")} <= set(rows)
+    assert rows[("ours", "train")]["peak_mem_mb"] > 0 and rows[("ours", "infer")]["images_per_s"] > 0
+    write_report(report, tmp_path)
+    assert (tmp_path / "bench.json").exists() and "resnet20_cifar" in format_markdown(report)
+    with pytest.raises(res2net.errors.ConfigError, match="dtypes"):
+        run_bench(BenchConfig(dtypes=["fp16"]))
+
+
+def test_bench_compiled_rows_have_compiled_peers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile adds compiled rows for us and timm (inference and training), each compared with timm's compiled
+    row of the same mode and dtype: the GPU suites of benchmarks/run_bench.py rely on them. torch.compile itself
+    is replaced by a recorder here (compiling Res2Net-50 four times takes minutes on 2 cores; compiled training
+    and inference are checked in test_models.test_torch_compile and the bench runs)."""
+
+
+    compiled: list = []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(type(m).__name__) or m)
+    cfg = BenchConfig(models=["res2net50_26w_4s"], batch_sizes=[2], dtypes=["fp32"], train=True, compile=True,
+                      input_size=32, repeats=1, warmup=0, train_warmup=0, probe_size=128, memory=False)
+    report = run_bench(cfg, log=lambda s: None)
+    assert len(compiled) == 4  # ours optimized + timm (inference), ours + timm (training)
+    rows = {(r["impl"], r["mode"]): r for r in report["results"] if r["layout"] == "channels_last"}
+    for mode, ours in (("infer", "ours-optimized-compiled"), ("train", "ours-compiled")):
+        assert ("timm-compiled", mode) in rows, sorted(rows)
+        ratio = rows[(ours, mode)]["ratios"]["timm_compiled"]
+        expected = rows[(ours, mode)]["images_per_s"] / rows[("timm-compiled", mode)]["images_per_s"]
+        assert ratio == pytest.approx(expected) and ratio > 0
+    assert "x timm compiled" in format_markdown(report)
+
+
+def test_stage_probes_follow_the_network() -> None:
+    """Res2Net-50 at 224: one probe per output resolution with that stage's widest channel count; the shares
+    are the conv FLOPs at each resolution and sum to one; the conv FLOPs are the model's MACs x 2 (less the fc)."""
+    with torch.device("meta"):
+        model = res2net.create_model("res2net50_26w_4s")
+    shapes = conv_shapes(model, (3, 224, 224))
+    probes = stage_probes(shapes)
+    assert [p.hw for p in probes] == [(112, 112), (56, 56), (28, 28), (14, 14), (7, 7)]
+    assert [p.channels for p in probes] == [64, 256, 512, 1024, 2048]
+    assert sum(p.flops_share for p in probes) == pytest.approx(1.0)
+    conv_flops = sum(s.flops for s in shapes)
+    fc_flops = 2 * 2048 * 1000
+    assert conv_flops + fc_flops == pytest.approx(2 * res2net.count_macs(model, 224), rel=1e-3)
+
+
+def test_attainable_time_is_each_stage_at_its_own_rate() -> None:
+    with torch.device("meta"):
+        model = res2net.create_model("res2net20_cifar")
+    probes = stage_probes(conv_shapes(model, (3, 32, 32)))
+    rates = [10.0 * (i + 1) for i in range(len(probes))]  # GFLOP/s
+    flops = 1e9
+    expected = sum(p.flops_share * flops * 4 / (r * 1e9) for p, r in zip(probes, rates))
+    assert attainable_seconds(probes, rates, flops, 4) == pytest.approx(expected)
+    assert math.isnan(attainable_seconds(probes, [math.nan] * len(probes), flops, 4))
+
+
+def test_derive_roofline_share_and_runtime_ratios() -> None:
+    """Shares and ratios from given times: a row exactly at every stage probe's rate has share 1."""
+    stages = {"m@32": [dict(hw=[32, 32], channels=16, flops_share=0.25), dict(hw=[16, 16], channels=32,
+                                                                             flops_share=0.75)]}
+    probe_a = Result("conv3x3 16ch 32x32", "roofline", "channels_last", "fp32", "roofline", 2, 32, 8.0, [0.1])
+    probe_b = Result("conv3x3 32ch 16x16", "roofline", "channels_last", "fp32", "roofline", 2, 16, 8.0, [0.2])
+    # 2 images of 1 GFLOP: at 80 / 40 GFLOP/s for 25% / 75% of the FLOPs the attainable time is 43.75 ms
+    eager = Result("m", "ours-optimized", "channels_last", "fp32", "infer", 2, 32, 1.0, [0.04375])
+    ov = Result("m", "openvino", "-", "fp32", "infer", 2, 32, 1.0, [0.0875 / 4])
+    ov_bf16 = Result("m", "openvino", "-", "bf16", "infer", 2, 32, 1.0, [0.01])
+    int8 = Result("m", "onnxruntime", "-", "int8", "infer", 2, 32, 1.0, [0.005])
+    derive([probe_a, probe_b, eager, ov, ov_bf16, int8], stages)
+    assert probe_a.gflops == pytest.approx(80) and probe_b.gflops == pytest.approx(40)
+    assert eager.roofline_share == pytest.approx(1.0)
+    assert ov.roofline_share == pytest.approx(2.0)
+    assert eager.ratios["openvino_fp32"] == pytest.approx(0.5)
+    assert int8.ratios["best_bf16"] == pytest.approx(2.0)
+    assert math.isnan(ov_bf16.roofline_share)  # no bf16 probe in this run
+    text = format_markdown({"machine": {"cpu": "x", "threads": 2, "torch": "t"}, "date": "d",
+                            "results": [vars(r) for r in (probe_a, probe_b, eager, ov)]})
+    assert "share of roofline" in text and "| 100% |" in text
+
+
+def test_runtime_rows_and_roofline_in_one_run(tmp_path) -> None:
+    """onnxruntime/OpenVINO rows (fp32, int8) beside eager, conv probes per stage and dtype, strict JSON."""
+    from res2net.runtimes import available_backends
+
+    if not {"onnxruntime", "openvino"} <= set(available_backends("int8")):
+        pytest.skip("onnxruntime/OpenVINO with NNCF not installed: pip install 'res2net[deploy]'")
+    cfg = BenchConfig(models=["res2net20_cifar"], batch_sizes=[2], dtypes=["fp32", "int8"], peers=False,
+                      runtimes=["onnxruntime", "openvino"], repeats=1, warmup=0, probe_size=128, memory=False)
+    report = run_bench(cfg, log=lambda s: None)
+    rows = {(r["impl"], r["dtype"]) for r in report["results"] if r["mode"] == "infer"}
+    assert {("ours-optimized", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8"),
+            ("openvino", "int8")} <= rows
+    probes = [r for r in report["results"] if r["mode"] == "roofline"]
+    assert {(r["dtype"], r["input_size"]) for r in probes} == {(d, s) for d in ("fp32", "int8") for s in (32, 16, 8)}
+    eager = next(r for r in report["results"] if r["impl"] == "ours-optimized")
+    assert eager["roofline_share"] > 0 and eager["ratios"]["openvino_fp32"] > 0
+    write_report(report, tmp_path)
+    json.loads((tmp_path / "bench.json").read_text())  # NaN-free
+    assert "x OpenVINO fp32" in (tmp_path / "bench.md").read_text()
+
+
+def test_runtime_flag_is_checked() -> None:
+    with pytest.raises(res2net.errors.ConfigError, match="runtimes"):
+        run_bench(BenchConfig(runtimes=["tensorrt"]))
