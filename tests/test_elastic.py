@@ -45,19 +45,33 @@ def _rank_of(pid: int) -> int:
     return next((int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")), -1)
 
 
+ENV = dict(os.environ, OMP_NUM_THREADS="1", RES2NET_DIST_INIT_TIMEOUT="120")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The final weights of an uninterrupted 2-process run."""
+    out = tmp_path_factory.mktemp("ref")
+    ref = subprocess.run(_torchrun(out), capture_output=True, text=True, env=ENV, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    return torch.load(out / MODEL / "last.pt", weights_only=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+
+
 @needs_fmnist
 @pytest.mark.slow
-def test_worker_killed_then_restarted_group_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", RES2NET_DIST_INIT_TIMEOUT="120")
-    ref = subprocess.run(_torchrun(tmp_path / "ref"), capture_output=True, text=True, env=env, timeout=600)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+def test_worker_killed_then_restarted_group_resumes_to_the_same_weights(tmp_path: Path, reference: dict) -> None:
+    env = ENV
     out = tmp_path / "cut"
     proc = subprocess.Popen(_torchrun(out, restarts=2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
     last = out / MODEL / "last.pt"
-    deadline = time.time() + 300
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    _wait_for(last, proc)
     workers = {_rank_of(p): p for p in _children(proc.pid)}
     assert 1 in workers, f"no rank-1 worker found: {workers}"
     os.kill(workers[1], signal.SIGKILL)  # one worker dies after the first checkpoint
@@ -65,11 +79,33 @@ def test_worker_killed_then_restarted_group_resumes_to_the_same_weights(tmp_path
     assert proc.returncode == 0, output[-3000:]
     log = (out / MODEL / "log.jsonl").read_text()
     assert '"type": "resume"' in log  # the restarted group continued from last.pt by itself
-    a = torch.load(tmp_path / "ref" / MODEL / "last.pt", weights_only=True)
+    a = reference
     b = torch.load(last, weights_only=True)
     assert b["global_step"] == a["global_step"] == 16 and b["sampler"]["world_size"] == 2
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k])
                                                         for k in a["model"])
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_all_at_the_same_step_and_the_rerun_resumes(tmp_path: Path,
+                                                                               reference: dict) -> None:
+    """SIGTERM reaches only rank 1: the ranks agree at the next step boundary, rank 0 writes last.pt, both exit
+    143; the same torchrun command again continues by itself to the uninterrupted run's weights."""
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(_torchrun(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    _wait_for(out / MODEL / "last.pt", proc)
+    workers = {_rank_of(p): p for p in _children(proc.pid)}
+    os.kill(workers[1], signal.SIGTERM)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "exitcode  : 143" in output, output[-3000:]
+    assert output.count("interrupted at epoch") == 2, output[-3000:]  # (torchrun itself prints a traceback)
+    state = torch.load(out / MODEL / "last.pt", weights_only=True)
+    assert 0 < state["global_step"] < 16
+    rerun = subprocess.run(_torchrun(out), capture_output=True, text=True, env=ENV, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    final = torch.load(out / MODEL / "last.pt", weights_only=True)
+    assert all(torch.equal(reference["model"][k], final["model"][k]) for k in reference["model"])
 
 
 def _free_port() -> int:

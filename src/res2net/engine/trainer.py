@@ -527,7 +527,7 @@ class Trainer:
                 warnings.warn(f"evaluation of {self.out_dir} gave no metrics (no usable validation sample?)",
                               stacklevel=2)
         barrier(self.dist)
-        if interrupted:
+        if agree(interrupted, self.dist):  # every rank leaves the epoch end the same way
             raise _EvaluationInterrupted
         return metrics
 
