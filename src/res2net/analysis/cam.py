@@ -18,8 +18,8 @@ from ..reporting import pyplot, save_image_grid
 def resolve_layer(model: nn.Module, layer: Optional[str] = None) -> nn.Module:
     """The module named ``layer`` (``model.named_modules()`` name); default: the last stage."""
     if layer is None:
-        stages = getattr(model, "stages", None)
-        if stages is None or len(stages) == 0:
+        stages = model.stage_modules() if hasattr(model, "stage_modules") else []
+        if not stages:
             raise ValueError("model has no stages: pass --layer NAME")
         return stages[-1]
     modules = dict(model.named_modules())
