@@ -2,7 +2,7 @@
 
 from .layers import Res2NetBlock
 from .models import count_macs, count_params, create_model, get_spec, list_models, model_card
-from .models.timm_compat import register_timm_models
+from .timm_compat import register_timm_models
 from .optimize import optimize
 
 __version__ = "0.1.0"

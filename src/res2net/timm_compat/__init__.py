@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
-from ..registry import MODELS, create_model, get_spec, pretrained_cfg
+from ..models.registry import MODELS, create_model, get_spec, pretrained_cfg
 from . import dla as dla_module
 from . import resnet as resnet_module
 
