@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Type
 
 from ..engine import OptimConfig, RunConfig, SchedConfig
-from ..engine.config import at_least, between
+from ..engine.config import at_least
 
 NORMS = ("bn", "frozen")
 
@@ -29,7 +29,7 @@ class DenseDataConfig:
 
     synthetic: bool = False
     root: str = ""
-    image_size: int = between(128, 32, 4096)  # training/eval resize (segmentation, saliency) or detector min/max size
+    image_size: int = at_least(128, 32)  # training/eval resize (segmentation, saliency) or detector min/max size
     train_split: str = "train"
     val_split: str = "val"
     synthetic_train: int = at_least(200, 1)
