@@ -39,13 +39,21 @@ SUITES: Dict[str, List[str]] = {
     # batch 256, bf16 autocast, channels_last, eager and torch.compile, ours vs timm
     "gpu-infer": ["--device", "cuda", "--models", "res2net50_26w_4s", "--batch-sizes", "16,256",
                   "--dtypes", "fp32,bf16", "--compile"],
+    # issue 15: the CPU inference paths users deploy with, same weights, same threads: eager, torch.compile
+    # (inductor, freezing), onnxruntime, OpenVINO; fp32 / bf16 / int8; batch 1 latency and batch 16 throughput;
+    # the conv roofline at the network's stage shapes
+    "deploy": ["--models", "res2net50_26w_4s", "--batch-sizes", "1,16", "--dtypes", "fp32,bf16,int8",
+               "--runtimes", "inductor,onnxruntime,openvino", "--no-memory"],
+    # the default run's small Fashion-MNIST models (speed of the int8 whose accuracy int8_accuracy.py measures)
+    "deploy-slim": ["--models", "res2net17_slim,resnet17_slim", "--input-size", "28", "--batch-sizes", "1,16",
+                    "--dtypes", "fp32,bf16,int8", "--runtimes", "onnxruntime,openvino", "--no-peers", "--no-memory"],
     "gpu-train": ["--device", "cuda", "--models", "res2net50_26w_4s", "--batch-sizes", "256", "--train-only",
                   "--dtypes", "bf16", "--compile", "--grad-checkpointing"],
 }
 DEFAULT_SUITES = "main,scales,train,cifar"  # the CPU suites
 
 # suites whose steps are short (about a second) and whose ratio is noisy run at least this many rounds
-MIN_REPEATS: Dict[str, int] = {"cifar": 8}
+MIN_REPEATS: Dict[str, int] = {"cifar": 8, "deploy-slim": 20}
 
 
 def _find(results: List[Dict[str, Any]], **kw: Any) -> Optional[Dict[str, Any]]:
@@ -124,12 +132,53 @@ def targets(reports: Dict[str, Dict[str, Any]]) -> List[str]:
             v = ours["ratios"].get(peer_key) if ours else None
             check(f"GPU training images/s, batch 256, bf16 channels_last, {text}: ours / timm's (>= 1.0)", v,
                   v is not None and v >= 1.0)
+    for suite in ("deploy", "deploy-slim"):
+        if suite in reports:
+            lines += deploy_targets(reports[suite]["results"])
     if "cifar" in reports:
         for dtype in ("fp32", "bf16"):
             time_ratio(f"res2net20_cifar / resnet20_cifar training step time, batch 128, {dtype}", 1.3,
                        reports["cifar"]["results"], dict(model="res2net20_cifar", impl="ours", mode="train",
                                                          dtype=dtype),
                        dict(model="resnet20_cifar", impl="ours", mode="train", dtype=dtype))
+    return lines
+
+
+OURS = ("ours-optimized", "inductor", "onnxruntime", "openvino")  # every backend of res2net.optimize
+
+
+def deploy_targets(res: List[Dict[str, Any]]) -> List[str]:
+    """Issue 15's targets per model and batch: our best path vs the peers, eager vs OpenVINO, int8 vs bf16."""
+    lines: List[str] = []
+    infer = [r for r in res if r["mode"] == "infer"]
+    for model in sorted({r["model"] for r in infer if r["impl"] in OURS}):
+        for batch in sorted({r["batch"] for r in infer}):
+            rows = [r for r in infer if r["model"] in (model, "resnet50") and r["batch"] == batch]
+
+            def best(impls: tuple, dtype: str) -> Optional[Dict[str, Any]]:
+                cand = [r for r in rows if r["impl"] in impls and r["dtype"] == dtype]  # resnet50: torchvision
+                return max(cand, key=lambda r: r["images_per_s"], default=None)
+
+            for dtype in ("fp32", "bf16"):
+                ours, peer = best(OURS, dtype), best(("timm", "torchvision"), dtype)
+                if ours and peer:
+                    v = ours["images_per_s"] / peer["images_per_s"]
+                    lines.append(f"- {model} b{batch} {dtype}: our best path ({ours['impl']}) / fastest peer "
+                                 f"({peer['impl']}) images/s (>= 1.0): {v:.2f} -> {'met' if v >= 1 else 'NOT met'}")
+            eager, ov = best(("ours-optimized",), "fp32"), best(("openvino",), "fp32")
+            if eager and ov:
+                v = eager["images_per_s"] / ov["images_per_s"]
+                lines.append(f"- {model} b{batch}: eager fp32 / OpenVINO fp32 images/s (>= 0.9): {v:.2f} -> "
+                             f"{'met' if v >= 0.9 else 'NOT met'}")
+            q, b16 = best(OURS, "int8"), best(OURS, "bf16")
+            if q and b16:
+                v = q["images_per_s"] / b16["images_per_s"]
+                lines.append(f"- {model} b{batch}: best int8 ({q['impl']}) / best bf16 ({b16['impl']}) images/s "
+                             f"(>= 1.5): {v:.2f} -> {'met' if v >= 1.5 else 'NOT met'}")
+            for r in rows:
+                if r["model"] == model and r["impl"] in OURS and r.get("roofline_share") is not None:
+                    lines.append(f"- {model} b{batch} {r['impl']} {r['dtype']}: share of the conv roofline "
+                                 f"{100 * r['roofline_share']:.0f}% (report)")
     return lines
 
 

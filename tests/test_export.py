@@ -118,9 +118,65 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "--exporter torchscript" in capsys.readouterr().err
     assert main(["export", "resnet20_cifar", "--format", "torchscript", "--exporter", "dynamo", "--out",
                  str(out)]) == 2
-    assert "--exporter applies to --format onnx only" in capsys.readouterr().err
+    assert "--exporter applies to --format onnx or openvino only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", "resnet20_cifar", "--format", "tflite", "--out", str(out)])
+
+
+def test_openvino_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
+    """OpenVINO IR (.xml + .bin) verified against eager at export, and again here by OpenVINO directly on another
+    batch size; nothing but the two files is left."""
+    from res2net.runtimes import available_backends
+
+    if "openvino" not in available_backends():
+        pytest.skip("OpenVINO is not installed: pip install 'res2net[deploy]'")
+    import openvino as ov
+
+    out = tmp_path / "m.xml"
+    diffs = ex.export_model(model, out, "openvino", input_size=SIZE, dynamic_batch=True)
+    assert set(diffs) == {"random", "real (skimage astronaut)", "random batch 3"} and max(diffs.values()) <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+    compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.randn(5, 3, SIZE, SIZE)
+    got = compiled(x.numpy())[compiled.outputs[0]]
+    with torch.no_grad():
+        assert np.abs(model(x).numpy() - got).max() <= 1e-4
+
+
+def test_cli_openvino_and_int8_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["export", "resnet20_cifar", "--out"]
+    assert main(base + [str(tmp_path / "r.bin"), "--format", "openvino"]) == 2
+    assert "NAME.xml" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "r.pt"), "--format", "torchscript", "--int8", "--calibration",
+                        "fashion-mnist"]) == 2
+    assert "--int8 applies to --format onnx or openvino" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "r.onnx"), "--format", "onnx", "--int8"]) == 2
+    assert "--int8 needs --calibration" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "r.onnx"), "--format", "onnx", "--calibration", "fashion-mnist"]) == 2
+    assert "--calibration applies with --int8 only" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "r.onnx"), "--format", "onnx", "--int8", "--calibration",
+                        str(tmp_path / "missing")]) == 2
+    assert "not a folder of images" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(base + [str(tmp_path / "r.onnx"), "--format", "onnx", "--int8", "--calibration",
+                        str(tmp_path / "empty")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    assert not list(tmp_path.glob("r.*"))
+
+
+def test_calibration_from_an_image_folder(tmp_path: Path) -> None:
+    """A folder of image files (any depth) becomes normalised batches at the model's size and channels."""
+    from PIL import Image
+
+    from res2net.runtimes import calibration_batches
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for i, sub in enumerate(["", "a", "a/b"] * 3):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(tmp_path / sub / f"{i}.png")
+    batches = calibration_batches(tmp_path, 32, (0.5,), (0.25,), in_chans=1, n_images=7, batch_size=4)
+    assert [tuple(b.shape) for b in batches] == [(4, 1, 32, 32), (3, 1, 32, 32)]
+    assert float(torch.cat(batches).abs().max()) <= 2.0 + 1e-6  # (x - 0.5) / 0.25 for x in [0, 1]
 
 
 def test_cli_exports_a_training_checkpoint_with_its_own_shape(tmp_path: Path,

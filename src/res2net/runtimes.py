@@ -214,7 +214,7 @@ def calibration_batches(source: Union[str, Path], size: int, mean: Sequence[floa
             raise ConfigError(f"--calibration {source}: no image files ({', '.join(IMG_EXTENSIONS[:4])} ...) in it")
         rng = np.random.default_rng(seed)
         picked = [files[i] for i in sorted(rng.permutation(len(files))[:n_images])]
-        images = torch.stack([resize_center(torch.from_numpy(np.asarray(open_image(str(p), 3))).permute(2, 0, 1)
+        images = torch.stack([resize_center(torch.from_numpy(np.array(open_image(str(p), 3))).permute(2, 0, 1)
                                             .float() / 255.0, size, in_chans) for p in picked])
     x = normalize(images, mean, std)
     return [x[i:i + batch_size].contiguous() for i in range(0, x.shape[0], batch_size)]
