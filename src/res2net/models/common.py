@@ -273,8 +273,8 @@ class Trunk(BackboneMixin, nn.Module):
         ref = next(iter(list(self.parameters()) + list(self.buffers())), None)
         kwargs: Dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
         if global_pool is not None:
+            self.global_pool = make_pool(global_pool).train(self.training)  # ValueError before any change
             self.pool_type = global_pool
-            self.global_pool = make_pool(global_pool).train(self.training)
         self.num_classes = num_classes
         fc = self.make_classifier(num_classes)
         init_weights(fc)
