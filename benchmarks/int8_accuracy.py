@@ -1,8 +1,9 @@
 """int8 against fp32 top-1 on the full Fashion-MNIST test set (10,000 images) with trained checkpoints.
 
 Each checkpoint is quantized post-training (static, calibrated on a seeded random sample of the TRAINING split,
-so the test images are never seen) by each int8 backend of ``res2net.optimize``: onnxruntime's
-``quantize_static`` (QDQ, per-channel) and OpenVINO's NNCF. Usage (the default run's checkpoints):
+so the test images are never seen) by onnxruntime's ``quantize_static`` (QDQ, per-channel) and run by each int8
+backend of ``res2net.optimize`` (onnxruntime and OpenVINO run the same quantized file). Usage (the default run's
+checkpoints):
 
     .venv/bin/res2net train --out /work/runs/default          # once: res2net17_slim and resnet17_slim
     .venv/bin/python benchmarks/int8_accuracy.py --runs /work/runs/default --out benchmarks/results/int8

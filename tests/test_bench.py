@@ -106,7 +106,7 @@ def test_runtime_rows_and_roofline_in_one_run(tmp_path) -> None:
     from res2net.runtimes import available_backends
 
     if not {"onnxruntime", "openvino"} <= set(available_backends("int8")):
-        pytest.skip("onnxruntime/OpenVINO with NNCF not installed: pip install 'res2net[deploy]'")
+        pytest.skip("onnxruntime/OpenVINO not installed: pip install 'res2net[deploy]'")
     cfg = BenchConfig(models=["res2net20_cifar"], batch_sizes=[2], dtypes=["fp32", "int8"], peers=False,
                       runtimes=["onnxruntime", "openvino"], repeats=1, warmup=0, probe_size=128, memory=False)
     report = run_bench(cfg, log=lambda s: None)

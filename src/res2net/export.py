@@ -1,7 +1,7 @@
 """``res2net export``: ONNX (opset >= 17, checked with onnxruntime), OpenVINO IR (.xml + .bin, checked with
 OpenVINO) and TorchScript (checked against eager); ONNX and OpenVINO also as int8 (``--int8 --calibration``:
-post-training static quantization on real images, :mod:`res2net.runtimes`; onnxruntime's quantizer writes a QDQ
-ONNX file, OpenVINO's NNCF an int8 IR), checked by top-1 agreement with eager on the calibration images.
+post-training static quantization on real images by onnxruntime's quantizer, :mod:`res2net.runtimes`: a QDQ ONNX
+file, or its OpenVINO IR), checked by top-1 agreement with eager on the calibration images.
 
 ONNX is written by torch's ``torch.export``-based exporter (``exporter="dynamo"``, opset >= 18, the default)
 or by the older TorchScript-based one (``exporter="torchscript"``, deprecated in torch, the only one that
@@ -225,15 +225,18 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
 
 def _write_openvino(model: nn.Module, sample: Tensor, xml: Path, opset: int, exporter: str,
                     inputs: Dict[str, Tensor], calibration: Optional[Sequence[Tensor]]) -> Dict[str, float]:
-    """The OpenVINO IR of ``model`` at ``xml`` (+ .bin), through ONNX (dynamic batch); int8 by NNCF."""
-    from .runtimes import _require, openvino_runner, quantize_openvino
+    """The OpenVINO IR of ``model`` at ``xml`` (+ .bin), through ONNX (dynamic batch); int8: the IR of
+    onnxruntime's QDQ quantization (OpenVINO turns the Q/DQ pairs into FakeQuantize and runs int8 kernels)."""
+    from .runtimes import _require, openvino_runner, quantize_onnx
 
     ov = _require("openvino", "openvino")
     onnx_path = xml.with_name("model.onnx")
     write_onnx(model, sample, onnx_path, opset, True, exporter)
-    ov_model = quantize_openvino(onnx_path, list(calibration)) if calibration else ov.convert_model(str(onnx_path))
-    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
-    onnx_path.unlink()
+    if calibration:
+        onnx_path = quantize_onnx(onnx_path, xml.with_name("model.int8.onnx"), list(calibration))
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    for leftover in xml.parent.glob("model*.onnx"):
+        leftover.unlink()
     if calibration:
         return _verify_int8("OpenVINO", openvino_runner(xml, "int8"), model, list(calibration))
     return verify_openvino(xml, model, inputs)
@@ -303,7 +306,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=positive_int, default=None, help="default: the model card's")
     p.add_argument("--num-classes", type=positive_int, default=None, help="default: the model card's")
     p.add_argument("--int8", action="store_true",
-                   help="post-training static int8 quantization (onnx: onnxruntime QDQ; openvino: NNCF)")
+                   help="post-training static int8 quantization (onnxruntime's QDQ; --format openvino: its IR)")
     p.add_argument("--calibration", default=None, metavar="DIR|fashion-mnist",
                    help="real images for --int8: a folder of image files, or the Fashion-MNIST training set")
     p.add_argument("--calibration-images", type=positive_int, default=256,

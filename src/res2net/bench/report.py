@@ -169,7 +169,7 @@ def machine_info(device: torch.device) -> Dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
     import importlib
 
-    for module in ("timm", "torchvision", "onnxruntime", "openvino", "nncf"):
+    for module in ("timm", "torchvision", "onnxruntime", "openvino"):
         try:
             info[module] = importlib.import_module(module).__version__
         except ImportError:
