@@ -103,7 +103,7 @@ def report_lines(rows: Sequence[Dict[str, Any]], input_size: int, batch_size: in
     return [f"# Complexity at {input_size}x{input_size}", "", f"Command: `{command}`", "",
             f"Device: {device}, torch threads: {torch.get_num_threads()}. "
             "MACs = FlopCounterMode / 2. Latency: median after warm-up, fp32, eval mode. Memory: see "
-            "docs/ANALYSES.md (CPU: peak RSS of a fresh process above its RSS before the model is built).", ""] + \
+            "docs/ANALYSES.md (res2net.profiling.peak_memory_mb: torch tensors alive during the step).", ""] + \
         md_table(header, table) + ["", "![complexity](complexity.png)", ""]
 
 
