@@ -27,12 +27,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from . import layouts
 from .data.preprocessing import Preprocessing
 from .errors import CheckpointError, Res2NetError
 from .models import registry
 from .weights import (HASH_IN_NAME, card_preprocessing, describe_checkpoint, load_state_dict_strict, read_checkpoint,
-                      sha256_of, state_dict_shape, unwrap_state_dict)
+                      sha256_of, state_dict_shape, to_our_layout, unwrap_state_dict)
 
 OFFICIAL_LICENSE = "CC BY-NC-SA 4.0"
 OFFICIAL_LICENSE_NOTE = ("the official Res2Net weights are licensed CC BY-NC-SA 4.0 (non-commercial use only; "
@@ -125,7 +124,7 @@ def parse_source(text: Union[str, Path]) -> Source:
         return Source("folder", str(path))
     if path.is_file():
         return Source("file", str(path))
-    raise CheckpointError(f"pretrained={text!r}: no such file or folder (nor an hf-hub: id or a URL)")
+    raise CheckpointError(f"pretrained={text!r} does not exist (no such file or folder; nor an hf-hub: id or a URL)")
 
 
 def run_folder_weights(folder: Path) -> Path:
@@ -234,7 +233,8 @@ def fetch_first(name: str, pretrained: Pretrained, cache_dir: Optional[Union[str
     if pretrained is True:
         sources = known_sources(name)
         if not sources:
-            raise CheckpointError(f"no published weights are known for {name!r}; pass pretrained=PATH, a URL or "
+            raise CheckpointError(f"no official weights are published for {name!r} (nor a Hub copy); pass "
+                                  "pretrained=PATH, a URL or "
                                   "hf-hub:ORG/REPO")
     elif isinstance(pretrained, (str, Path)) and str(pretrained):
         sources = [parse_source(pretrained)]
@@ -252,27 +252,6 @@ def fetch_first(name: str, pretrained: Pretrained, cache_dir: Optional[Union[str
 
 
 # ---- loading into a model -----------------------------------------------------------------------------------
-def to_our_layout(state_dict: Mapping[str, Tensor], name: str, model: Optional[nn.Module] = None
-                  ) -> Dict[str, Tensor]:
-    """``state_dict`` in our (= the official) key layout: converted from timm, torchvision, mmdetection,
-    mmpretrain or detectron2 keys when :mod:`res2net.layouts` recognises them, as given otherwise (strict loading
-    then names what does not fit). Official keys a layout leaves out because the forward never uses them (DLA's
-    ``project`` shortcuts in timm) are taken from ``model``."""
-    try:
-        match = layouts.detect_layout(state_dict, name)
-    except ValueError:  # a model no other framework has
-        return dict(state_dict)
-    if match.layout is None or (match.layout == "official" and not match.prefix):
-        return dict(state_dict)
-    converted = layouts.to_official(state_dict, name, match.layout)
-    if model is not None:
-        own = model.state_dict()
-        for key in layouts.dropped_keys(name, match.layout):
-            if key in own and not key.startswith("fc."):
-                converted[key] = own[key]
-    return converted
-
-
 def load_weights(model: nn.Module, name: str, fetched: FetchedWeights) -> nn.Module:
     """Load fetched weights strictly into ``model`` (any layout); a classifier of another size keeps its
     initialisation (with a warning). Attaches ``model.class_names`` and ``model.preprocessing`` when the

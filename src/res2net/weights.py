@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .data.preprocessing import Preprocessing, dataset_preprocessing
 from .errors import CheckpointError
+from . import layouts
 from .models import registry
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -100,6 +101,27 @@ def adapt_state_dict(state_dict: Dict[str, Tensor], model: nn.Module) -> Dict[st
     return out
 
 
+def to_our_layout(state_dict: Mapping[str, Tensor], name: str, model: Optional[nn.Module] = None
+                  ) -> Dict[str, Tensor]:
+    """``state_dict`` in our (= the official) key layout: converted from timm, torchvision, mmdetection,
+    mmpretrain or detectron2 keys when :mod:`res2net.layouts` recognises them, as given otherwise (strict loading
+    then names what does not fit). Official keys a layout leaves out because the forward never uses them (DLA's
+    ``project`` shortcuts in timm) are taken from ``model``."""
+    try:
+        match = layouts.detect_layout(state_dict, name)
+    except ValueError:  # a model no other framework has
+        return dict(state_dict)
+    if match.layout is None or (match.layout == "official" and not match.prefix):
+        return dict(state_dict)
+    converted = layouts.to_official(state_dict, name, match.layout)
+    if model is not None:
+        own = model.state_dict()
+        for key in layouts.dropped_keys(name, match.layout):
+            if key in own and not key.startswith("fc."):
+                converted[key] = own[key]
+    return converted
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, Tensor], source: str = "checkpoint",
                            allow_new_classifier: bool = False) -> None:
     """Load with ``strict=True`` semantics, but report every missing/unexpected key and shape mismatch by name.
@@ -132,63 +154,6 @@ def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, Tensor], sour
         what = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
         raise CheckpointError(f"{source} does not fit {what}: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
-
-
-def download_checkpoint(url: str, model_dir: Optional[str] = None) -> Dict[str, Tensor]:
-    """Fetch ``url`` (``https://`` or ``file://``) through torch.hub's cache with the hash check of its file name
-    (``name-<sha256 prefix>.pth``). A mismatching download is refused and never kept in the cache."""
-    name = os.path.basename(url.split("?")[0])
-    if not HASH_IN_NAME.search(name):
-        warnings.warn(f"{name}: no '-<sha256 prefix>' in the file name, so the download is not hash-checked",
-                      stacklevel=2)
-    try:
-        obj = torch.hub.load_state_dict_from_url(url, model_dir=model_dir, map_location="cpu", progress=True,
-                                                 check_hash=True, weights_only=True)
-    except RuntimeError as exc:
-        if "invalid hash" in str(exc):
-            raise CheckpointError(f"{url}: hash mismatch, the file was refused and removed ({exc})") from None
-        raise CheckpointError(f"{url}: cannot be loaded: {exc}") from None
-    except OSError as exc:
-        raise CheckpointError(f"{url}: cannot be downloaded: {exc}") from None
-    return unwrap_state_dict(obj, url)
-
-
-def load_pretrained(model: nn.Module, spec: registry.ModelSpec, pretrained: Union[bool, str, Path]) -> None:
-    """Load weights into a freshly built model: ``True`` = the official checkpoint of ``spec``; a path or a
-    ``file://``/``https://`` URL = that file. A local file whose name carries a hash is checked too."""
-    if pretrained is True:
-        if not spec.url:
-            raise CheckpointError(f"no official weights are published for {spec.name!r}; pass a checkpoint path "
-                                  "as pretrained=PATH")
-        source = spec.url
-        state_dict = download_checkpoint(spec.url)
-    elif isinstance(pretrained, (str, Path)):
-        source = str(pretrained)
-        if re.match(r"^(https?|file)://", source):
-            state_dict = download_checkpoint(source)
-        else:
-            match = HASH_IN_NAME.search(os.path.basename(source))
-            if match and Path(source).is_file() and not sha256_of(source).startswith(match.group(1)):
-                raise CheckpointError(f"{source}: SHA-256 does not start with {match.group(1)} as its name says; "
-                                      "refused (the file may be corrupt or not what its name claims)")
-            state_dict = unwrap_state_dict(read_checkpoint(source), source)
-    else:
-        raise ValueError(f"pretrained must be True, False, a path or a URL, got {pretrained!r}")
-    load_state_dict_strict(model, state_dict, source, allow_new_classifier=True)
-
-
-def create_model(name: str, pretrained: Union[bool, str, Path] = False, **kwargs: Any) -> nn.Module:
-    """Build a zoo model (the arguments of :func:`res2net.models.create_model`) and, with ``pretrained``, load
-    its weights: ``True`` = the official checkpoint (hash-checked), a path or a ``file://``/``https://`` URL =
-    that file. Loading is strict; a classifier of another size keeps its initialisation (with a warning).
-
-    >>> create_model("res2net50_26w_4s", num_classes=10)(torch.randn(1, 3, 64, 64)).shape
-    torch.Size([1, 10])
-    """
-    model = registry.create_model(name, **kwargs)
-    if pretrained:
-        load_pretrained(model, registry.get_spec(name), pretrained)
-    return model
 
 
 # ---- our checkpoints and the one checkpoint -> model builder ------------------------------------------------
@@ -288,11 +253,12 @@ def model_from_checkpoint(checkpoint: Union[PathLike, CheckpointInfo], name: Opt
     spec = registry.get_spec(name)
     if info.model_name and registry.get_spec(info.model_name).name != spec.name:
         raise CheckpointError(f"{info.source} holds {info.model_name}, not {name}")
-    in_chans, classes = state_dict_shape(info.state_dict, spec.name)
+    in_chans, classes = state_dict_shape(to_our_layout(info.state_dict, spec.name), spec.name)
     new_head = num_classes is not None and num_classes != classes
     if new_head and info.is_ours:
         raise CheckpointError(f"{info.source} was trained with {classes} classes, not {num_classes}")
     model = registry.create_model(spec.name, num_classes=num_classes if new_head else classes, in_chans=in_chans,
                                   **create_kwargs)
-    load_state_dict_strict(model, info.state_dict, info.source, allow_new_classifier=new_head)
+    load_state_dict_strict(model, to_our_layout(info.state_dict, spec.name, model), info.source,
+                           allow_new_classifier=new_head)
     return LoadedModel(model.eval(), checkpoint_preprocessing(info, spec.name, in_chans), info)

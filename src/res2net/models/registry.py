@@ -270,7 +270,6 @@ def list_models(pattern: str = "*") -> List[str]:
 
 def create_model(
     name: str,
-    pretrained: Union[bool, str] = False,
     num_classes: Optional[int] = None,
     in_chans: int = 3,
     features_only: bool = False,
@@ -284,12 +283,11 @@ def create_model(
     zero_init_last: bool = False,
     global_pool: str = "avg",
 ) -> nn.Module:
-    """Build a named model.
+    """Build a named model with fresh weights (:func:`res2net.create_model` builds with this and loads
+    ``pretrained`` weights).
 
     Args:
         name: a name of :func:`list_models` or an alias (timm's names are accepted where timm has the model).
-        pretrained: ``True`` downloads the official checkpoint (hash-checked); a path or a ``file://``/
-            ``https://`` URL loads that file. Loading is strict (``weights_only=True``).
         num_classes: classifier outputs (default: the model card's); 0 removes the classifier.
         features_only: return a :class:`~res2net.models.common.FeatureExtractor` whose forward gives the maps
             C1..C5 selected by ``out_indices`` (default all); see its ``feature_info``.
@@ -320,10 +318,6 @@ def create_model(
                             drop_path_rate=drop_path_rate, norm_layer=norm_layer, zero_init_last=zero_init_last,
                             global_pool=global_pool)
     model.pretrained_cfg = model.default_cfg = pretrained_cfg(spec.name, in_chans=in_chans, num_classes=n_cls)
-    if pretrained:
-        from ..weights import load_pretrained
-
-        load_pretrained(model, spec, pretrained)
     result: nn.Module = FeatureExtractor(model, out_indices) if features_only else model
     result.configure_backbone(frozen_stages=frozen_stages, norm_eval=norm_eval)  # type: ignore[operator]
     result.set_grad_checkpointing(grad_checkpointing)  # type: ignore[operator]

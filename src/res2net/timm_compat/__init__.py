@@ -12,7 +12,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
-from ..models.registry import MODELS, create_model, get_spec, pretrained_cfg
+from ..models.registry import MODELS, get_spec, pretrained_cfg
+from ..pretrained import create_model
 from . import dla as dla_module
 from . import resnet as resnet_module
 

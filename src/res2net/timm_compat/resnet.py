@@ -1,7 +1,7 @@
 """timm registers a model under the module that defines its entrypoint, and code built on timm selects models
 by that name (``timm.list_models(module="resnet")``; timm's own tests pick the models that have
 ``forward_intermediates`` this way). The zoo's ResNet-trunk models register from this module; their
-entrypoints and ``default_cfgs`` are filled in by :func:`res2net.models.timm_compat.register_timm_models`."""
+entrypoints and ``default_cfgs`` are filled in by :func:`res2net.timm_compat.register_timm_models`."""
 
 from typing import Any, Dict
 
