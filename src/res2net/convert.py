@@ -17,7 +17,7 @@ import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -29,14 +29,6 @@ from .weights import read_checkpoint, unwrap_state_dict
 
 FORMATS = ("pth", "safetensors", "pkl")
 PathLike = Union[str, "os.PathLike[str]"]
-
-# numpy's array reconstruction: the only globals a detectron2 .pkl (a dict of numpy arrays) needs
-_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-}
-
 
 @dataclass
 class ConvertReport:
@@ -78,41 +70,10 @@ def _summarise(keys: List[str]) -> str:
 
 
 # ---- reading and writing --------------------------------------------------------------------------------------
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles dicts/lists/strings/numbers and numpy arrays only: any other global is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _PICKLE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-
-
-def _to_tensors(obj: Any) -> Any:
-    """numpy arrays (and 0-d numpy scalars) -> tensors, recursively through dicts."""
-    import numpy as np
-
-    if isinstance(obj, Mapping):
-        return {k: _to_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, (np.ndarray, np.generic)):
-        return torch.from_numpy(np.array(obj, copy=True))
-    return obj
-
-
 def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
-    """The state dict in a ``.pth``/``.pt``/``.bin`` (``torch.load(weights_only=True)``), ``.safetensors`` or
-    detectron2 ``.pkl`` file (numpy arrays only; any other pickled object is refused), unwrapped."""
-    path = Path(path)
-    if path.suffix != ".pkl":
-        return unwrap_state_dict(read_checkpoint(path), str(path))
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        with open(path, "rb") as f:
-            obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read as a pickle of numpy arrays: "
-                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
-    return unwrap_state_dict(_to_tensors(obj), str(path))
+    """The state dict of a ``.pth``/``.pt``/``.bin``, ``.safetensors`` or detectron2 ``.pkl`` file, read by the
+    package's one checkpoint reader (:func:`res2net.weights.read_checkpoint`) and unwrapped."""
+    return unwrap_state_dict(read_checkpoint(path), str(path))
 
 
 def _write(state_dict: Dict[str, Tensor], path: Path, fmt: str, meta: Dict[str, str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 import warnings
 from dataclasses import dataclass
@@ -39,9 +40,38 @@ def sha256_of(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
+# numpy's array reconstruction: the only globals a detectron2 .pkl (a dict of numpy arrays) needs
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts/lists/strings/numbers and numpy arrays only: any other global is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def _to_tensors(obj: Any) -> Any:
+    """numpy arrays (and 0-d numpy scalars) -> tensors, recursively through dicts."""
+    import numpy as np
+
+    if isinstance(obj, Mapping):
+        return {k: _to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return torch.from_numpy(np.array(obj, copy=True))
+    return obj
+
+
 def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """The one checkpoint reader: ``.safetensors`` through safetensors (never executes code), anything else
-    through ``torch.load(weights_only=True)``. A missing, empty, truncated or foreign file raises
+    """The one checkpoint reader: ``.safetensors`` through safetensors (never executes code), detectron2's
+    ``.pkl`` through an unpickler that accepts numpy arrays only, anything else through
+    ``torch.load(weights_only=True)``. A missing, empty, truncated or foreign file raises
     :class:`CheckpointError` naming it."""
     path = Path(path)
     if not path.is_file():
@@ -53,6 +83,9 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(path), device=str(map_location))
+        elif path.suffix == ".pkl":
+            with open(path, "rb") as f:
+                obj = _to_tensors(_NumpyOnlyUnpickler(f, encoding="latin1").load())
         else:
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch/safetensors raise several types for truncated/corrupt/unsafe files
