@@ -13,7 +13,7 @@ from .errors import Res2NetError
 # Modules that add subcommands; each defines ``register(subparsers: argparse._SubParsersAction) -> None``
 # and sets ``func`` (a callable taking the parsed args, returning an exit code or None) on its parsers.
 SUBCOMMAND_MODULES = [
-    "res2net.zoo_cli",  # models, info
+    "res2net.commands.zoo",  # models, info
     "res2net.commands.train",  # train, eval
     "res2net.commands.analysis",  # complexity, ablation, cam, receptive-field
     "res2net.commands.dense",  # detect, segment, saliency

@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from .commands.common import positive_int
-from .models.registry import create_model, get_spec, list_models, model_card, model_complexity
+from ..models.registry import create_model, get_spec, list_models, model_card, model_complexity
+from .common import positive_int
 
 
 def feature_shapes(name: str, input_size: int) -> List[Tuple[str, Tuple[int, ...], int]]:
