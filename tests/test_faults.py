@@ -38,13 +38,33 @@ MODEL = "res2net17_slim"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+class NoisyItems(Dataset):
+    """Items augmented with torch's global RNG while the batch is loaded (as image-folder transforms are with
+    ``run.workers=0``): a stop must be taken before the next batch is loaded, or the resume draws differently."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        x, y = self.base[i]
+        return x + 0.05 * torch.randn_like(x), y
+
+
 class SignalTask(ToyTask):
-    """Sends itself ``sig`` during optimizer step ``at_step`` (1-based), or during evaluation ``at_eval``."""
+    """Sends itself ``sig`` during optimizer step ``at_step`` (1-based), or during evaluation ``at_eval``; its
+    training items draw from the global RNG while loaded."""
 
     def __init__(self, sig: int = signal.SIGTERM, at_step: Optional[int] = None, at_eval: Optional[int] = None,
                  **kw: Any) -> None:
         super().__init__(**kw)
         self.sig, self.at_step, self.at_eval, self.evals = sig, at_step, at_eval, 0
+
+    def build_datasets(self) -> Tuple[Dataset, Optional[Dataset]]:
+        train, val = super().build_datasets()
+        return NoisyItems(train), val
 
     def training_step(self, model: nn.Module, batch: Any, ctx: Any) -> Any:
         if ctx.global_step + 1 == self.at_step:
@@ -70,22 +90,25 @@ def _same(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> bool:
 
 
 # ---- preemption (in process) -------------------------------------------------------------------------------
-@pytest.mark.parametrize("sig,code,step", [(signal.SIGTERM, 143, 4), (signal.SIGINT, 130, 9)])
+@pytest.mark.parametrize("sig,code,step", [(signal.SIGTERM, 143, 4), (signal.SIGINT, 130, 9),
+                                           (signal.SIGTERM, 143, 6)])  # 6: the epoch's last step
 def test_signal_stops_at_step_boundary_and_resumes_bit_exact(tmp_path: Path, sig: int, code: int,
                                                              step: int) -> None:
-    ref = _run(tmp_path / "ref")
+    ref = _run(tmp_path / "ref", task=SignalTask())
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with pytest.raises(Preempted) as info:
         _run(tmp_path / "cut", task=SignalTask(sig, at_step=step))
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers restored
     assert info.value.exit_code == code
     state = load_checkpoint(tmp_path / "cut" / "last.pt")
-    # the signal came during step `step`: that step completes, the loop stops before the next one
-    assert state["global_step"] == step and (state["epoch"], state["step_in_epoch"]) == divmod(step, 6)
+    # the signal came during step `step`: that step completes, the loop stops before the next one (after the
+    # epoch's last step: at the start of its evaluation, which the resume does first)
+    epoch, at = divmod(step, 6) if step % 6 else (step // 6 - 1, 6)
+    assert state["global_step"] == step and (state["epoch"], state["step_in_epoch"]) == (epoch, at)
     message = str(info.value)
-    assert f"interrupted at epoch {step // 6 + 1} step {step % 6}; checkpoint {tmp_path / 'cut' / 'last.pt'}" \
+    assert f"interrupted at epoch {epoch + 1} step {at}; checkpoint {tmp_path / 'cut' / 'last.pt'}" \
         in message and "resume with:" in message and "\n" not in message
-    resumed = _run(tmp_path / "cut", resume=True)
+    resumed = _run(tmp_path / "cut", resume=True, task=SignalTask())
     assert _same(ref.model.state_dict(), resumed.model.state_dict())
     # the epoch cut by the signal reports the loss of all its steps (sums kept in the checkpoint)
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in ref.history]
@@ -93,13 +116,13 @@ def test_signal_stops_at_step_boundary_and_resumes_bit_exact(tmp_path: Path, sig
 
 
 def test_signal_during_evaluation_keeps_the_trained_epoch(tmp_path: Path) -> None:
-    ref = _run(tmp_path / "ref")
+    ref = _run(tmp_path / "ref", task=SignalTask())
     with pytest.raises(Preempted):
         _run(tmp_path / "cut", task=SignalTask(at_eval=2))  # during epoch 2's evaluation
     state = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 6, 12)  # evaluation pending
     assert len(state["history"]) == 1
-    resumed = _run(tmp_path / "cut", resume=True)
+    resumed = _run(tmp_path / "cut", resume=True, task=SignalTask())
     assert _same(ref.model.state_dict(), resumed.model.state_dict())
     assert [h["acc"] for h in resumed.history] == [h["acc"] for h in ref.history]
 
@@ -282,7 +305,7 @@ def test_resume_refuses_what_would_mix_runs(tmp_path: Path) -> None:
 
 def test_torchrun_restart_resumes_same_config_and_refuses_another(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    ref = _run(tmp_path / "ref")
+    ref = _run(tmp_path / "ref", task=SignalTask())
     with pytest.raises(Preempted):
         _run(tmp_path / "cut", task=SignalTask(at_step=8))
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # what torchrun's agent sets for its workers
@@ -292,7 +315,7 @@ def test_torchrun_restart_resumes_same_config_and_refuses_another(tmp_path: Path
     with pytest.raises(ConfigError, match=r"optim.lr .* under torchrun a run folder is only continued with the "
                                           "same settings"):
         _run(tmp_path / "cut", cfg=cfg)
-    resumed = _run(tmp_path / "cut")  # no resume=True: the restarted group continues by itself
+    resumed = _run(tmp_path / "cut", task=SignalTask())  # no resume=True: the restarted group continues by itself
     assert _same(ref.model.state_dict(), resumed.model.state_dict())
 
 

@@ -630,8 +630,9 @@ class Trainer:
                         f"{resume_command()}", self.stop.exit_code)
 
     def train_epoch(self, epoch: int, first: int) -> None:
-        """Optimizer steps ``first..steps_per_epoch-1`` of ``epoch``; a stop request is honoured (checkpoint,
-        :class:`Preempted`) at the boundary before a step, and a periodic checkpoint written after one."""
+        """Optimizer steps ``first..steps_per_epoch-1`` of ``epoch``; after a step a periodic checkpoint may be
+        written and a stop request is honoured (checkpoint, :class:`Preempted`) before the next batch is loaded;
+        the epoch's last step leaves the stop to :meth:`end_epoch`."""
         from tqdm.auto import tqdm
 
         assert self.sampler is not None and self.train_loader is not None and self.model is not None
@@ -647,10 +648,9 @@ class Trainer:
                    disable=not show, leave=False, dynamic_ncols=True)
         t_last = time.perf_counter()
         try:
+            if self._should_stop():  # asked during the set-up or the previous epoch's end
+                self._preempt(epoch, first)
             for i, batch in enumerate(self.train_loader, start=first):
-                if self._should_stop():  # before the batch touches any RNG: the state is that of step i
-                    self.progress.seconds += time.perf_counter() - t_last
-                    self._preempt(epoch, i)
                 batch = task.prepare_batch(batch, self.ctx, train=True)
                 with self.ctx.autocast():
                     loss, extra = task.training_step(self.model, batch, self.ctx)
@@ -690,6 +690,10 @@ class Trainer:
                         and i + 1 < self.steps_per_epoch:
                     self.save(epoch, i + 1)
                     t_last = time.perf_counter()
+                # a stop is taken here, before the next batch is loaded: loading may draw from the global RNG
+                # (image-folder augmentation with run.workers=0), and the checkpoint must hold the RNG of step i+1
+                if i + 1 < self.steps_per_epoch and self._should_stop():
+                    self._preempt(epoch, i + 1)
         finally:
             bar.close()
 
