@@ -107,17 +107,20 @@ def _rates(results: List[Result]) -> None:
 
 def _roofline_share(r: Result, results: List[Result], stages: Dict[str, Any]) -> float:
     """Attainable time at the stage probes' rates (same dtype and batch) over the measured time."""
+    from .roofline import StageProbe, attainable_seconds
+
     table = stages.get(f"{r.model}@{r.input_size}")
     if not table:
         return math.nan
-    attainable = 0.0
-    for st in table:
-        probe = next((p for p in results if p.mode == "roofline" and p.dtype == r.dtype and p.batch == r.batch
-                      and p.model == f"conv3x3 {st['channels']}ch {st['hw'][0]}x{st['hw'][1]}"), None)
-        if probe is None or not probe.gflops > 0:
-            return math.nan
-        attainable += st["flops_share"] * r.gflops / probe.gflops
-    return attainable
+    probes = [StageProbe(tuple(st["hw"]), st["channels"], st["flops_share"], math.nan) for st in table]
+    rates = []
+    for p in probes:
+        row = next((q for q in results if q.mode == "roofline" and q.dtype == r.dtype and q.batch == r.batch
+                    and q.model == f"conv3x3 {p.channels}ch {p.hw[0]}x{p.hw[1]}"), None)
+        rates.append(row.gflops if row is not None else math.nan)
+    flops = r.gflop_per_image * 1e9 * (3.0 if r.mode == "train" else 1.0)
+    attainable = attainable_seconds(probes, rates, flops, r.batch)
+    return attainable / statistics.median(r.times_s)
 
 
 def derive(results: List[Result], stages: Optional[Dict[str, Any]] = None) -> None:
