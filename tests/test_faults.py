@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from res2net.engine import Trainer, load_checkpoint, save_atomic
 from res2net.engine.checkpoint import load_latest, previous_path
-from res2net.engine.jsonio import dumps_strict, write_json
+from res2net.jsonio import dumps_strict, write_json
 from res2net.engine.runfolder import FolderInUse, RunLock
 from res2net.engine.trainer import Preempted
 from res2net.errors import CheckpointError, ConfigError

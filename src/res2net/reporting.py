@@ -1,5 +1,5 @@
-"""Report-folder helpers used by every command that writes a report: matplotlib (Agg), JSON/CSV writers,
-markdown tables."""
+"""Report-folder helpers used by every command that writes a report: matplotlib (Agg), CSV, markdown tables
+(strict JSON: :mod:`res2net.jsonio`)."""
 
 from __future__ import annotations
 
@@ -34,14 +34,6 @@ def out_dir(path: str | Path) -> Path:
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented, strict JSON (non-finite numbers become null and are listed under
-    ``non_finite``; see :mod:`res2net.engine.jsonio`), atomically."""
-    from .engine.jsonio import write_json as write_strict
-
-    write_strict(path, obj)
 
 
 def write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:

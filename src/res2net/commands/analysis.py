@@ -14,7 +14,8 @@ import torch
 
 from ..analysis.common import trained_model
 from ..data.samples import sample_images
-from ..reporting import md_table, out_dir, write_csv, write_json
+from ..jsonio import write_json
+from ..reporting import md_table, out_dir, write_csv
 from ..tasks.ablation import BUDGETS, DATA_CARDS, VARIANTS, plan, sweep, write_report
 from .common import command_line, positive_int
 

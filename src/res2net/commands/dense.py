@@ -12,7 +12,7 @@ from torch import nn
 from ..data.dense import load_rgb
 from ..data.samples import list_images
 from ..engine import Trainer, load_config
-from ..engine.jsonio import dumps_strict
+from ..jsonio import dumps_strict
 from ..errors import ConfigError
 from ..tasks.dense_config import NORMS
 from ..tasks.dense_task import DenseTask, load_trained, run_eval

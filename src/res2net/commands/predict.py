@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 from ..errors import DataError
 from ..predict import Predictor, find_images
-from ..reporting import write_json
+from ..jsonio import write_json
 from .common import positive_int
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..engine import Context, DistInfo, build_loader, fit, load_config, select_amp, select_device
 from ..engine.distributed import init_distributed
-from ..engine.jsonio import write_json
+from ..jsonio import write_json
 from ..engine.runfolder import RunLock
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import get_spec

@@ -8,7 +8,7 @@ optimizer, scheduler, scaler, EMA, every RNG state and the sampler position, so 
 resumes bit for bit with ``run.deterministic``), NaN/inf stop, JSONL logs and tqdm progress; and the faults of a
 cluster: SIGTERM/SIGINT stop at the next step boundary with ``last.pt`` written (:class:`Preempted`, exit
 143/130 through the CLI), a lock on the output folder, resumes that would mix runs refused, automatic resume of a
-``torchrun`` restart, bounded process-group set-up, strict JSON (:func:`write_json`).
+``torchrun`` restart, bounded process-group set-up, strict JSON (:func:`res2net.jsonio.write_json`).
 
 A task supplies the rest by subclassing :class:`Task`::
 
@@ -56,7 +56,6 @@ from .checkpoint import load_checkpoint, load_latest, save_atomic
 from .config import OptimConfig, RunConfig, SchedConfig, load_config, to_dict
 from .distributed import DistInfo, init_distributed, select_amp, select_device
 from .sampler import ResumableBatchSampler
-from .jsonio import write_json
 from .runfolder import RunLock
 from .trainer import (Context, FitResult, Preempted, Task, Trainer, TrainingDiverged, build_loader, fit,
                       seed_everything)
@@ -66,5 +65,5 @@ __all__ = [
     "SchedConfig",
     "Task", "Trainer", "TrainingDiverged", "build_loader", "fit",
     "init_distributed", "load_checkpoint", "load_config", "load_latest", "save_atomic", "seed_everything",
-    "select_amp", "select_device", "to_dict", "write_json",
+    "select_amp", "select_device", "to_dict",
 ]

@@ -31,7 +31,7 @@ from .checkpoint import load_latest, previous_path, rng_state, save_atomic, set_
 from .config import OptimConfig, RunConfig, SchedConfig, to_dict
 from .distributed import (DistInfo, agree, all_reduce_mean, barrier, broadcast_buffers, broadcast_object, cleanup,
                           init_distributed, select_amp, select_device, under_torchrun)
-from .jsonio import jsonl_line
+from ..jsonio import jsonl_line
 from .runfolder import RunLock
 from .sampler import ResumableBatchSampler
 
@@ -224,7 +224,7 @@ class JsonlLogger:
             self.tb = SummaryWriter(str(path.parent / "tb"))
 
     def log(self, kind: str, step: int, **values: Any) -> None:
-        """Append one record (non-finite numbers become null, see :mod:`res2net.engine.jsonio`)."""
+        """Append one record (non-finite numbers become null, see :mod:`res2net.jsonio`)."""
         if not self.enabled:
             return
         rec = {"type": kind, "step": step, "time": round(time.time(), 3), **values}

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
-from ..engine.jsonio import jsonl_line
+from ..jsonio import jsonl_line
 from ..errors import ConfigError
 from ..models import ResNet, count_macs, count_params
 
@@ -248,7 +248,8 @@ def variant_latency(names: Sequence[str], num_classes: int, in_chans: int, input
 def write_report(out: Path, records: Sequence[Dict[str, Any]], dataset: str, budget_name: str, wall: float,
                  command: str) -> List[Dict[str, Any]]:
     """summary.json/csv, fig4.png and report.md of a finished sweep."""
-    from ..reporting import md_table, write_csv, write_json
+    from ..jsonio import write_json
+    from ..reporting import md_table, write_csv
 
     first = records[0]
     in_chans = 1 if dataset == "fashion-mnist" else 3

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from ..data.scenes import GENERATOR_VERSION, generate_scenes
 from ..engine import Task
 from ..engine.distributed import barrier, dist_info_from_env
-from ..engine.jsonio import write_json
+from ..jsonio import write_json
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import get_spec
 from ..pretrained import create_model

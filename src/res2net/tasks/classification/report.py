@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ...engine import FitResult, to_dict
-from ...engine.jsonio import write_json
+from ...jsonio import write_json
 from ...errors import ConfigError
 from ...models import count_macs, count_params, create_model, get_spec
 from .config import ClassificationConfig
