@@ -125,3 +125,15 @@ def test_runtime_rows_and_roofline_in_one_run(tmp_path) -> None:
 def test_runtime_flag_is_checked() -> None:
     with pytest.raises(res2net.errors.ConfigError, match="runtimes"):
         run_bench(BenchConfig(runtimes=["tensorrt"]))
+
+
+def test_a_missing_runtime_is_a_note_in_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    from res2net import runtimes
+
+    monkeypatch.setattr(runtimes, "available_backends", lambda dtype="fp32": ["eager"])
+    cfg = BenchConfig(models=["resnet20_cifar"], batch_sizes=[1], dtypes=["fp32"], peers=False,
+                      runtimes=["openvino"], repeats=1, warmup=0, probe_size=128, memory=False, roofline=False)
+    report = run_bench(cfg, log=lambda s: None)
+    assert not [r for r in report["results"] if r["impl"] == "openvino"]
+    assert report["notes"] == ["openvino (fp32) skipped: not installed (pip install 'res2net[deploy]')"]
+    assert "Note: openvino (fp32) skipped" in format_markdown(report)

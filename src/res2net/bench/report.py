@@ -75,6 +75,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
     device = check_config(cfg)
     if device.type == "cuda":  # every row alike: cuDNN times its algorithms per shape during the warm-up
         torch.backends.cudnn.benchmark = True
+    notes: List[str] = []
+    outer_log = log
+
+    def log(line: str) -> None:  # skipped runtimes and other notes also go into the report
+        if line.startswith("note: ") and line[6:] not in notes:
+            notes.append(line[6:])
+        outer_log(line)
+
     torch.manual_seed(0)
     stages: Dict[str, Any] = {}
     cases = matmul_probe_cases(cfg, device)
@@ -91,7 +99,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
     derive(results, stages)
     return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "machine": machine_info(device), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "stages": stages, "results": [asdict(r) for r in results]}
+            "stages": stages, "notes": notes, "results": [asdict(r) for r in results]}
 
 
 def _rates(results: List[Result]) -> None:
@@ -216,7 +224,7 @@ def format_markdown(report: Dict[str, Any]) -> str:
                                                              "timm_compiled", "torchvision_resnet50",
                                                              "openvino_fp32", "best_bf16"))
             + f" | {_fmt(r['peak_mem_mb'], '{:.0f}')} |")
-    notes = sorted({r["note"] for r in report["results"] if r.get("note")})
+    notes = sorted({r["note"] for r in report["results"] if r.get("note")}) + list(report.get("notes", []))
     if notes:
         lines += [""] + [f"Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
