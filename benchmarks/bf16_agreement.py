@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import res2net
-from res2net.optimize import bf16_supported
+from res2net.fusion import bf16_supported
 from res2net.data.fashion_mnist import find_dir, read_split
 
 MEAN, STD = 0.2860, 0.3530

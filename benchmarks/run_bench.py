@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from res2net.bench import add_arguments, config_from_args, format_markdown, run_bench, write_report
+from res2net.bench import format_markdown, run_bench, write_report
+from res2net.commands.bench import add_arguments, config_from_args
 from res2net.runtime import keep_freed_memory
 
 SUITES: Dict[str, List[str]] = {

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import res2net
-from res2net.optimize import FusedRes2NetBlock, OptimizedModel, bf16_supported, optimize
+from res2net.fusion import FusedRes2NetBlock, OptimizedModel, bf16_supported
+from res2net.optimize import optimize
 
 
 def _perturbed(name: str, **kw) -> nn.Module:

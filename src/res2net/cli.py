@@ -17,9 +17,9 @@ SUBCOMMAND_MODULES = [
     "res2net.commands.train",  # train, eval
     "res2net.commands.analysis",  # complexity, ablation, cam, receptive-field
     "res2net.commands.dense",  # detect, segment, saliency
-    "res2net.bench",  # bench
-    "res2net.export",  # export
-    "res2net.convert",  # convert
+    "res2net.commands.bench",  # bench
+    "res2net.commands.export",  # export
+    "res2net.commands.convert",  # convert
     "res2net.commands.weights",  # weights
     "res2net.commands.predict",  # predict
 ]

@@ -16,68 +16,32 @@ thousands (float32 rounding then alone gives differences of ~1e-3; 5e-7 of the o
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .commands.common import positive_int
-from .errors import Res2NetError
+from .extras import require
+from .onnxio import (DEFAULT_OPSET, EXPORTERS, MIN_OPSET, MIN_OPSET_DYNAMO, ExportError, check_outputs,
+                     real_input, write_onnx)
 
-__all__ = ["EXPORTERS", "FORMATS", "ExportError", "export_model", "real_input", "register", "verify_onnx",
+__all__ = ["EXPORTERS", "FORMATS", "ExportError", "export_model", "real_input", "verify_onnx",
            "verify_openvino", "verify_torchscript", "write_onnx"]
 
 FORMATS = ("onnx", "openvino", "torchscript")
 INT8_FORMATS = ("onnx", "openvino")
-EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True) / the TorchScript-based exporter
-MIN_OPSET = 17
-MIN_OPSET_DYNAMO = 18  # torch's dynamo exporter writes opset 18 and up (it cannot convert down to 17)
-DEFAULT_OPSET = 18
-
-
-class ExportError(Res2NetError):
-    """An export failed or its output does not match the eager model."""
-
-
-def real_input(size: int, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-               in_chans: int = 3) -> Tensor:
-    """scikit-image's astronaut photo, resized and centre-cropped to ``size`` x ``size`` (grey when ``in_chans``
-    is 1) and normalized (default: ImageNet statistics): a (1, in_chans, size, size) batch."""
-    from .data import normalize
-    from .data.samples import resize_center, sample_images
-    from .models.registry import IMAGENET_MEAN, IMAGENET_STD
-
-    img = resize_center(sample_images(["astronaut"])[0][1], size, in_chans)
-    return normalize(img[None], mean or IMAGENET_MEAN, std or IMAGENET_STD)
-
-
-def _check_outputs(what: str, key: str, eager: Union[Tensor, List[Tensor]], got: List[np.ndarray], atol: float,
-                   rtol: float) -> float:
-    """The max abs difference of ``got`` to ``eager``; ExportError when above ``atol + rtol * max|eager|``."""
-    ref = [eager] if isinstance(eager, Tensor) else list(eager)
-    if len(ref) != len(got):
-        raise ExportError(f"{what} returns {len(got)} outputs, eager returns {len(ref)}")
-    diff = max(float(np.abs(r.detach().numpy() - o).max()) for r, o in zip(ref, got))
-    scale = max(float(r.detach().abs().max()) for r in ref)
-    if not diff <= atol + rtol * scale:
-        raise ExportError(f"{what} output differs from eager on the {key} input: max abs diff {diff:.3g} > "
-                          f"{atol:g} + {rtol:g} x max|output| ({scale:.3g})")
-    return diff
 
 
 def verify_onnx(path: Union[str, Path], model: nn.Module, inputs: Dict[str, Tensor], atol: float = 1e-4,
                 rtol: float = 1e-5) -> Dict[str, float]:
     """Run the ONNX file in onnxruntime on each named input; max abs difference to eager per input (an error
     above ``atol + rtol * max|eager output|``)."""
-    import onnx
-    import onnxruntime as ort
+    onnx = require("onnx", "export")
+    ort = require("onnxruntime", "export")
 
     proto = onnx.load(str(path), load_external_data=False)
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
@@ -89,7 +53,7 @@ def verify_onnx(path: Union[str, Path], model: nn.Module, inputs: Dict[str, Tens
     for key, x in inputs.items():
         with torch.no_grad():
             ref = model(x)
-        diffs[key] = _check_outputs("ONNX", key, ref, sess.run(None, {name: x.numpy()}), atol, rtol)
+        diffs[key] = check_outputs("ONNX", key, ref, sess.run(None, {name: x.numpy()}), atol, rtol)
     return diffs
 
 
@@ -105,7 +69,7 @@ def verify_torchscript(path: Union[str, Path], model: nn.Module, inputs: Dict[st
         with torch.no_grad():
             ref, out = model(x), loaded(x)
         outs = [out] if isinstance(out, Tensor) else list(out)
-        diffs[key] = _check_outputs("TorchScript", key, ref, [o.numpy() for o in outs], atol, rtol)
+        diffs[key] = check_outputs("TorchScript", key, ref, [o.numpy() for o in outs], atol, rtol)
     return diffs
 
 
@@ -120,7 +84,7 @@ def verify_openvino(path: Union[str, Path], model: nn.Module, inputs: Dict[str, 
     for key, x in inputs.items():
         with torch.no_grad():
             ref = model(x)
-        diffs[key] = _check_outputs("OpenVINO", key, ref, run(x.numpy()), atol, rtol)
+        diffs[key] = check_outputs("OpenVINO", key, ref, run(x.numpy()), atol, rtol)
     return diffs
 
 
@@ -135,25 +99,6 @@ def _verify_int8(what: str, run: Any, model: nn.Module, calibration: Sequence[Te
         raise ExportError(f"{what} int8 model agrees with eager fp32 on {agreement:.1%} of the calibration images' "
                           f"top-1 (< {MIN_INT8_AGREEMENT:.0%})")
     return {"top-1 agreement on the calibration images": agreement}
-
-
-def write_onnx(model: nn.Module, x: Tensor, path: Path, opset: int, dynamic_batch: bool, exporter: str) -> None:
-    with torch.no_grad():
-        sample_out = model(x)
-    n_out = 1 if isinstance(sample_out, Tensor) else len(sample_out)
-    output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
-    kwargs: Dict[str, Any] = dict(input_names=["input"], output_names=output_names, opset_version=opset)
-    if exporter == "dynamo":
-        if dynamic_batch:
-            arg = next(iter(inspect.signature(model.forward).parameters))
-            kwargs["dynamic_shapes"] = {arg: {0: torch.export.Dim("batch")}}
-        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False, external_data=False, **kwargs)
-        return
-    if dynamic_batch:
-        kwargs["dynamic_axes"] = {n: {0: "batch"} for n in ["input"] + output_names}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        torch.onnx.export(model, (x,), str(path), dynamo=False, do_constant_folding=True, **kwargs)
 
 
 def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: int = 224,
@@ -256,59 +201,3 @@ def model_for_export(name: str, checkpoint: Optional[str] = None, num_classes: O
     else:
         model, prep, _ = model_from_checkpoint(checkpoint, name, num_classes=num_classes)
     return model, prep.input_size, prep.mean, prep.std
-
-
-def _main(args: argparse.Namespace) -> int:
-    if args.format == "torchscript":
-        given = [flag for flag, value in (("--exporter", args.exporter), ("--opset", args.opset)) if value is not None]
-        if given:
-            verb = "apply" if len(given) > 1 else "applies"
-            raise ValueError(f"{' and '.join(given)} {verb} to --format onnx or openvino only, not --format "
-                             f"{args.format}")
-    if args.calibration is not None and not args.int8:
-        raise ValueError("--calibration applies with --int8 only")
-    if args.int8 and args.format not in INT8_FORMATS:
-        raise ValueError(f"--int8 applies to --format {' or '.join(INT8_FORMATS)}, not --format {args.format}")
-    if args.int8 and args.calibration is None:
-        raise ValueError("--int8 needs --calibration DIR|fashion-mnist (real images of the task)")
-    model, trained_size, mean, std = model_for_export(args.name, args.checkpoint, args.num_classes)
-    size = args.input_size or trained_size
-    in_chans = int(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels)
-    calibration = None
-    if args.int8:
-        from .runtimes import calibration_batches
-
-        calibration = calibration_batches(args.calibration, size, mean, std, in_chans, args.calibration_images)
-    diffs = export_model(model, args.out, args.format, input_size=size, dynamic_batch=args.dynamic_batch,
-                         opset=DEFAULT_OPSET if args.opset is None else args.opset, in_chans=in_chans, mean=mean,
-                         std=std, exporter=args.exporter or "dynamo", int8=args.int8, calibration=calibration)
-    checks = ", ".join(f"{k}: {v:.2%}" if "agreement" in k else f"{k}: max abs diff {v:.2e}" for k, v in diffs.items())
-    kind = f"{args.format} int8" if args.int8 else args.format
-    extra = f" + {Path(args.out).with_suffix('.bin')}" if args.format == "openvino" else ""
-    print(f"wrote {args.out}{extra} ({kind}, {args.name}, {size}x{size}); verified {checks}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``res2net export``."""
-    p = subparsers.add_parser("export", help="export a model to ONNX, OpenVINO IR or TorchScript (verified)",
-                              description=__doc__)
-    p.add_argument("name", help="model name (see `res2net models`)")
-    p.add_argument("--checkpoint", default=None, help="weights file (default: random init)")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, type=Path, help="output file (OpenVINO: NAME.xml, NAME.bin beside it)")
-    p.add_argument("--dynamic-batch", action="store_true", help="batch dimension left symbolic")
-    p.add_argument("--opset", type=int, default=None,
-                   help=f"ONNX opset (default {DEFAULT_OPSET}; >= {MIN_OPSET_DYNAMO} with the dynamo exporter, "
-                        f">= {MIN_OPSET} with torchscript)")
-    p.add_argument("--exporter", choices=EXPORTERS, default=None,
-                   help="torch's ONNX exporter: dynamo (torch.export, default) or the deprecated torchscript one")
-    p.add_argument("--input-size", type=positive_int, default=None, help="default: the model card's")
-    p.add_argument("--num-classes", type=positive_int, default=None, help="default: the model card's")
-    p.add_argument("--int8", action="store_true",
-                   help="post-training static int8 quantization (onnxruntime's QDQ; --format openvino: its IR)")
-    p.add_argument("--calibration", default=None, metavar="DIR|fashion-mnist",
-                   help="real images for --int8: a folder of image files, or the Fashion-MNIST training set")
-    p.add_argument("--calibration-images", type=positive_int, default=256,
-                   help="how many calibration images (default 256)")
-    p.set_defaults(func=_main)

@@ -1,198 +1,20 @@
 """The inference fast path: :func:`optimize` turns any zoo model into an eval-only module computing the same
-function, faster.
-
-What it does, in order:
-
-1. copies the model and puts it in eval mode (the argument is never modified);
-2. replaces every :class:`~res2net.layers.Res2NetBlock` by a :class:`FusedRes2NetBlock`: BatchNorm folded
-   into each convolution, the stage block's independent 3x3 convolutions *and* its average-pooled last split
-   run as ONE grouped convolution (the ``AvgPool2d(3, s, 1)`` with ``count_include_pad=True`` is exactly a
-   depthwise 3x3 convolution of weight 1/9, and its input is already >= 0 so the shared ReLU is exact), and the
-   hierarchical splits of the other blocks write their outputs back into the 1x1 conv's output buffer, so there
-   is no ``torch.cat`` copy;
-3. folds every other Conv2d -> BatchNorm2d pair (stems, shortcuts, DLA roots and projections);
-4. converts weights to channels_last (and to bfloat16 on request; BN is folded in float32 first);
-5. optionally wraps the trunk in ``torch.compile``.
-
-The returned :class:`OptimizedModel` takes the same float32 input and returns float32 output (a tensor, or a
-list for ``features_only`` models). It runs under ``torch.no_grad`` and must not be trained.
-"""
+function faster, on the chosen backend: the fused eager PyTorch path (:mod:`res2net.fusion`: BN folded, the
+stage block as one grouped convolution, channels_last, bf16), ``torch.compile``, onnxruntime or OpenVINO, in
+fp32, bf16 or int8 (:mod:`res2net.runtimes`), or the fastest of them measured here (``backend="auto"``)."""
 
 from __future__ import annotations
 
-import copy
-import warnings
-from typing import Any, Iterable, List, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .errors import ConfigError
-from .layers import Res2NetBlock
+from .fusion import OptimizedModel, fuse
+from .runtimes import AUTO, BACKENDS, build_backend, choose_backend, dtype_name
 
-__all__ = ["FusedRes2NetBlock", "OptimizedModel", "bf16_supported", "fold_bn", "optimize"]
-
-
-def fold_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
-    """A new Conv2d (with bias) equal to ``bn(conv(x))`` for a BatchNorm2d in eval mode (running statistics)."""
-    if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or bn.running_mean is None:
-        raise TypeError(f"fold_bn needs a BatchNorm2d with running statistics, got {type(bn).__name__}")
-    with torch.no_grad():
-        w = conv.weight.float()
-        inv_std = torch.rsqrt(bn.running_var.float() + bn.eps)
-        gamma = bn.weight.float() if bn.weight is not None else torch.ones_like(inv_std)
-        beta = bn.bias.float() if bn.bias is not None else torch.zeros_like(inv_std)
-        scale = gamma * inv_std
-        bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(scale)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                          padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                          padding_mode=conv.padding_mode, device=conv.weight.device)
-        fused.weight.copy_(w * scale.reshape(-1, 1, 1, 1))
-        fused.bias.copy_(beta + (bias - bn.running_mean.float()) * scale)
-    return fused
-
-
-def _is_foldable(bn: Optional[nn.Module]) -> bool:
-    return isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None
-
-
-def _avgpool_as_conv_weight(width: int, cardinality: int, device: torch.device) -> Tensor:
-    """Weight of the grouped 3x3 convolution equal to ``AvgPool2d(3, padding=1)`` (count_include_pad) over
-    ``width`` channels split into ``cardinality`` groups."""
-    per_group = width // cardinality
-    eye = torch.eye(per_group, device=device).repeat(cardinality, 1)  # (width, per_group)
-    return (eye / 9.0)[:, :, None, None].expand(width, per_group, 3, 3).contiguous()
-
-
-class FusedRes2NetBlock(nn.Module):
-    """Inference form of a :class:`~res2net.layers.Res2NetBlock` (BN folded, see the module docstring)."""
-
-    def __init__(self, block: Res2NetBlock) -> None:
-        super().__init__()
-        if block.training:
-            raise ValueError("FusedRes2NetBlock needs a block in eval mode (call .eval() first)")
-        self.width = block.width
-        self.scale = block.scale
-        self.conv1 = fold_bn(block.conv1, block.bn1)
-        self.conv3 = fold_bn(block.conv3, block.bn3)
-        self.se = block.se
-        self.downsample = _fold_tree(block.downsample) if block.downsample is not None else None
-        folded = [fold_bn(c, b) for c, b in zip(block.convs, block.bns)]
-        first = folded[0]
-        pool = block.pool
-        # mode 0: scale 1 / hierarchical splits; 1: stage block as one grouped conv; 2: stage block, conv + pool
-        self.mode = 0
-        self.pool: Optional[nn.Module] = None
-        if block.stage_block and block.scale > 1:
-            groups = first.groups
-            with_pool = pool is not None and first.dilation == (1, 1) and first.padding == (1, 1)
-            n_out = self.width * (block.scale if with_pool else block.scale - 1)
-            grouped = nn.Conv2d(n_out, n_out, 3, stride=first.stride, padding=first.padding,
-                                dilation=first.dilation, groups=groups * (n_out // self.width), bias=True,
-                                device=first.weight.device)
-            weights = [c.weight for c in folded]
-            biases = [c.bias for c in folded]
-            if with_pool:
-                weights.append(_avgpool_as_conv_weight(self.width, groups, first.weight.device))
-                biases.append(torch.zeros(self.width, device=first.weight.device))
-            with torch.no_grad():
-                grouped.weight.copy_(torch.cat(weights, 0))
-                grouped.bias.copy_(torch.cat(biases, 0))  # type: ignore[arg-type]
-            self.convs = nn.ModuleList([grouped])
-            self.mode = 1 if with_pool else 2
-            self.pool = None if with_pool else pool
-        else:
-            self.convs = nn.ModuleList(folded)
-
-    def forward(self, x: Tensor, shortcut: Optional[Tensor] = None) -> Tensor:
-        if shortcut is None:
-            shortcut = x if self.downsample is None else self.downsample(x)
-        out = torch.relu_(self.conv1(x))
-        out = self.multi_scale(out)
-        out = self.conv3(out)
-        if self.se is not None:
-            out = self.se(out)
-        return torch.relu_(out.add_(shortcut))
-
-    def multi_scale(self, out: Tensor) -> Tensor:
-        """The split 3x3 convolutions, written back into ``out`` (no concatenation copy)."""
-        if self.mode == 1 or self.scale == 1:
-            return torch.relu_(self.convs[0](out))
-        w = self.width
-        if self.mode == 2:
-            n = w * (self.scale - 1)
-            y = torch.relu_(self.convs[0](out.narrow(1, 0, n)))
-            last = out.narrow(1, n, w)
-            return torch.cat([y, self.pool(last) if self.pool is not None else last], 1)
-        sp = out.narrow(1, 0, w)
-        for i, conv in enumerate(self.convs):
-            if i > 0:
-                sp = sp + out.narrow(1, i * w, w)
-            dst = out.narrow(1, i * w, w)
-            torch.clamp_min(conv(sp), 0.0, out=dst)  # y_i replaces x_i, which no later step reads
-            sp = dst
-        return out
-
-
-def _fold_sequential(seq: nn.Sequential) -> None:
-    """Fold each Conv2d -> BatchNorm2d pair of a Sequential in place (the norm becomes Identity)."""
-    for i in range(len(seq) - 1):
-        if isinstance(seq[i], nn.Conv2d) and _is_foldable(seq[i + 1]):
-            seq[i] = fold_bn(seq[i], seq[i + 1])
-            seq[i + 1] = nn.Identity()
-
-
-def _fold_tree(module: nn.Module) -> nn.Module:
-    """Fuse the blocks and fold the Conv2d/BatchNorm2d pairs of ``module`` (in place; returns it)."""
-    if isinstance(module, Res2NetBlock):
-        return FusedRes2NetBlock(module)
-    for name, child in list(module.named_children()):
-        setattr(module, name, _fold_tree(child))
-    if isinstance(module, nn.Sequential):
-        _fold_sequential(module)
-    for conv_name, bn_name in (("conv1", "bn1"), ("conv", "bn")):
-        conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
-        if isinstance(conv, nn.Sequential) and len(conv) and isinstance(conv[-1], nn.Conv2d) and _is_foldable(bn):
-            conv[-1] = fold_bn(conv[-1], bn)
-            setattr(module, bn_name, nn.Identity())
-        elif isinstance(conv, nn.Conv2d) and _is_foldable(bn):
-            setattr(module, conv_name, fold_bn(conv, bn))
-            setattr(module, bn_name, nn.Identity())
-    return module
-
-
-def bf16_supported(device: Union[str, torch.device] = "cpu") -> bool:
-    """Whether ``device`` runs bfloat16 convolutions natively (CPU: AVX512-BF16/AMX via oneDNN; CUDA: sm80+)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
-class OptimizedModel(nn.Module):
-    """Eval-only wrapper returned by :func:`optimize`: casts the input to the model's dtype and memory format,
-    runs the fused trunk without autograd, and returns float32 output."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.dtype = dtype
-        self.channels_last = channels_last
-
-    def forward(self, x: Tensor) -> Union[Tensor, List[Tensor]]:
-        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.preserve_format
-        with torch.no_grad():
-            out = self.model(x.to(dtype=self.dtype, memory_format=fmt))
-        if isinstance(out, Tensor):
-            return out.float()
-        return [o.float() for o in out]
-
-    def train(self, mode: bool = True) -> "OptimizedModel":
-        if mode:
-            raise RuntimeError("an optimized model is inference-only (BatchNorm is folded); train the original")
-        return super().train(False)
+__all__ = ["optimize"]
 
 
 def optimize(model: nn.Module, dtype: Union[torch.dtype, str] = torch.float32, backend: str = "eager",
@@ -205,7 +27,7 @@ def optimize(model: nn.Module, dtype: Union[torch.dtype, str] = torch.float32, b
         dtype: ``torch.float32`` (output within 1e-4 of the original), ``torch.bfloat16`` (weights and
             activations in bf16; warns where the device has no native bf16 convolutions) or ``"int8"``
             (post-training static quantization calibrated on ``calibration``; onnxruntime or OpenVINO).
-        backend: ``"eager"`` (default: the fused PyTorch path below), ``"inductor"`` (the fused path under
+        backend: ``"eager"`` (default: the fused PyTorch path, :mod:`res2net.fusion`), ``"inductor"`` (the fused path under
             ``torch.compile`` with freezing), ``"onnxruntime"``, ``"openvino"`` (the exported ONNX graph in that
             runtime), or ``"auto"`` (the fastest installed backend for this model, input shape and dtype, timed
             briefly at build time and cached). Details: :mod:`res2net.runtimes`.
@@ -232,8 +54,6 @@ def optimize(model: nn.Module, dtype: Union[torch.dtype, str] = torch.float32, b
         raise ValueError(f"compile must be a bool, got {compile!r}")
     if isinstance(model, OptimizedModel) or hasattr(model, "runtime_backend"):
         raise ConfigError("model is already optimized; pass the original model to optimize()")
-    from .runtimes import AUTO, BACKENDS, dtype_name
-
     name = dtype_name(dtype)
     if backend not in BACKENDS + (AUTO,):
         raise ValueError(f"backend must be one of {', '.join(BACKENDS + (AUTO,))}, got {backend!r}")
@@ -243,39 +63,8 @@ def optimize(model: nn.Module, dtype: Union[torch.dtype, str] = torch.float32, b
     if backend == "eager" and not verify:
         if name == "int8":
             raise ConfigError("dtype 'int8' runs on backend='onnxruntime', 'openvino' or 'auto', not 'eager'")
-        return _optimize_eager(model, torch.float32 if name == "fp32" else torch.bfloat16, compile, channels_last)
-    from .runtimes import build_backend, choose_backend
-
+        return fuse(model, torch.float32 if name == "fp32" else torch.bfloat16, compile, channels_last)
     if backend == AUTO:
         return choose_backend(model, name, calibration, input_size, verify=verify is not False)
     return build_backend(model, backend, name, calibration, input_size, verify=verify is not False,
                          compile=compile, channels_last=channels_last)
-
-
-def _optimize_eager(model: nn.Module, dtype: torch.dtype = torch.float32, compile: bool = False,
-                    channels_last: bool = True) -> OptimizedModel:
-    """The eager fast path (see the module docstring): fused blocks, folded BN, channels_last, optional bf16."""
-    if dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
-    if not isinstance(compile, bool):
-        raise ValueError(f"compile must be a bool, got {compile!r}")
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(model, OptimizedModel):
-        raise ConfigError("model is already optimized; pass the original model to optimize()")
-    params = list(model.parameters())
-    device = params[0].device if params else torch.device("cpu")
-    if dtype == torch.bfloat16 and not bf16_supported(device):
-        warnings.warn(f"dtype=torch.bfloat16: {device} has no native bf16 convolutions; this will be slow",
-                      RuntimeWarning, stacklevel=2)
-    fused = _fold_tree(copy.deepcopy(model).eval())
-    fused.requires_grad_(False)
-    fused = fused.to(dtype=dtype)
-    if channels_last:
-        fused = fused.to(memory_format=torch.channels_last)
-    trunk: nn.Module = torch.compile(fused) if compile else fused  # type: ignore[assignment]
-    wrapper = OptimizedModel(trunk, dtype, channels_last)
-    for attr in ("feature_info", "default_cfg", "num_classes", "num_features", "out_indices"):
-        if hasattr(model, attr):
-            setattr(wrapper, attr, getattr(model, attr))
-    return wrapper.eval()

@@ -10,7 +10,7 @@ Fashion-MNIST res2net17_slim, QDQ lost 0.1 point of top-1 with 99.1% agreement i
 points with fast bias correction, 0.15 with the full one, at 96.9% agreement).
 
 Every backend is verified when it is built: against the eager model on a real photo
-(:func:`res2net.export.real_input`) with the export's scale-aware bound (fp32: ``1e-4 + 1e-5 x max|output|``;
+(:func:`res2net.onnxio.real_input`) with the export's scale-aware bound (fp32: ``1e-4 + 1e-5 x max|output|``;
 bf16: ``5e-2 x max|output|``), and int8 by top-1 agreement with the eager model on the calibration batches.
 A backend whose package is missing raises :class:`BackendNotInstalled` with one line naming the extra.
 ``backend="auto"`` times the installed backends for this model, input shape and dtype, keeps the fastest and
@@ -115,7 +115,7 @@ def available_backends(dtype: Union[torch.dtype, str] = "fp32") -> List[str]:
 class RuntimeModel(nn.Module):
     """What :func:`build_backend` returns for the onnxruntime and OpenVINO backends: a callable module taking
     a float32 ``(N, C, H, W)`` tensor and returning float32 output (a tensor, or a list for ``features_only``
-    models), like :class:`res2net.optimize.OptimizedModel`. Inference only."""
+    models), like :class:`res2net.fusion.OptimizedModel`. Inference only."""
 
     def __init__(self, backend: str, dtype: str, run: Callable[[np.ndarray], List[np.ndarray]],
                  input_shape: Tuple[int, int, int], features: bool) -> None:
@@ -164,7 +164,7 @@ def _preprocessing(model: nn.Module, chans: int) -> Tuple[Tuple[float, ...], Tup
 
 def _real_batch(model: nn.Module, shape: Tuple[int, int, int],
                 preprocessing: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> Tensor:
-    from .export import real_input
+    from .onnxio import real_input
 
     mean, std = preprocessing or _preprocessing(model, shape[0])
     return real_input(shape[1], mean, std, shape[0])
@@ -232,13 +232,13 @@ def _outputs(out: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
 def verify_close(what: str, eager: nn.Module, candidate: Callable[[Tensor], Any], x: Tensor, dtype: str) -> float:
     """Max abs difference of ``candidate`` to ``eager`` on ``x``; ExportError above the export's scale-aware bound
     (fp32: 1e-4 + 1e-5 x max|output|; bf16: 5e-2 x max|output|)."""
-    from .export import _check_outputs
+    from .onnxio import check_outputs
 
     with torch.no_grad():
         ref = eager(x)
         got = [o.detach().float().numpy() for o in _outputs(candidate(x))]
     atol, rtol = (1e-4, 1e-5) if dtype == "fp32" else (1e-3, BF16_RTOL)
-    return _check_outputs(what, "real (skimage astronaut)", ref, got, atol, rtol)
+    return check_outputs(what, "real (skimage astronaut)", ref, got, atol, rtol)
 
 
 def top1_agreement(eager: nn.Module, candidate: Callable[[Tensor], Any], batches: Sequence[Tensor]) -> float:
@@ -263,7 +263,7 @@ def _verify(what: str, eager: nn.Module, built: Callable[[Tensor], Any], dtype: 
     if dtype == "int8":
         agreement = top1_agreement(eager, built, calibration)
         if agreement < min_agreement:
-            from .export import ExportError
+            from .onnxio import ExportError
 
             raise ExportError(f"{what} int8 model agrees with eager fp32 on {agreement:.1%} of the calibration "
                               f"images' top-1 (< {min_agreement:.0%})")
@@ -277,7 +277,7 @@ def export_onnx_for_runtime(model: nn.Module, path: Union[str, Path], shape: Tup
     """Write ``model`` as ONNX (torch's dynamo exporter, opset 18, dynamic batch) for a runtime backend."""
     for package in ("onnx", "onnxscript"):
         _require(package, "onnx export")
-    from .export import DEFAULT_OPSET, write_onnx
+    from .onnxio import DEFAULT_OPSET, write_onnx
 
     write_onnx(model, torch.zeros(1, *shape), Path(path), DEFAULT_OPSET, dynamic_batch=True, exporter="dynamo")
     return Path(path)
@@ -357,9 +357,9 @@ def openvino_runner(model_or_path: Any, dtype: str) -> Callable[[np.ndarray], Li
 
 def _eager_fast_path(model: nn.Module, dtype: str, inductor: bool, compile: bool = False,
                      channels_last: bool = True) -> nn.Module:
-    from .optimize import _optimize_eager
+    from .fusion import fuse
 
-    built = _optimize_eager(model, torch.float32 if dtype == "fp32" else torch.bfloat16, compile=compile,
+    built = fuse(model, torch.float32 if dtype == "fp32" else torch.bfloat16, compile=compile,
                             channels_last=channels_last)
     built.runtime_backend = "inductor" if inductor else "eager"
     if inductor:

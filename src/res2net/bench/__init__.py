@@ -1,4 +1,4 @@
-"""``res2net bench``: our models (as created and after :func:`res2net.optimize`, on each backend: eager,
+"""``res2net bench`` (parsing in :mod:`res2net.commands.bench`): our models (as created and after :func:`res2net.optimize`, on each backend: eager,
 torch.compile with freezing, onnxruntime, OpenVINO; fp32, bf16 and int8) against timm's same model with the
 same weights and torchvision's resnet50, in ONE process, interleaved round by round, with a roofline measured in
 the same rounds: dense 3x3 convolutions at the network's own stage shapes (:mod:`res2net.bench.roofline`); the
@@ -8,8 +8,6 @@ Only ratios within one run mean anything on shared machines; absolute times drif
 """
 
 from .cases import BenchConfig, Result
-from .cli import add_arguments, config_from_args, register
 from .report import derive, format_markdown, machine_info, run_bench, write_report
 
-__all__ = ["BenchConfig", "Result", "add_arguments", "config_from_args", "derive", "format_markdown",
-           "machine_info", "register", "run_bench", "write_report"]
+__all__ = ["BenchConfig", "Result", "derive", "format_markdown", "machine_info", "run_bench", "write_report"]

@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..extras import require
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": "int8"}
 RUNTIMES = ("inductor", "onnxruntime", "openvino")
 PEER = "resnet50"  # torchvision's
@@ -119,7 +121,7 @@ def timm_model(name: str, ours: nn.Module, num_classes: int) -> Optional[nn.Modu
     timm_name = get_spec(name).timm_name
     if not timm_name:
         return None
-    import timm
+    timm = require("timm", "bench")
 
     model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
     try:
@@ -290,7 +292,7 @@ def model_cases(cfg: BenchConfig, device: torch.device, log: Callable[[str], Non
     from pathlib import Path
 
     from ..models import get_spec
-    from ..optimize import bf16_supported
+    from ..fusion import bf16_supported
 
     cases: List[Case] = []
     tv_sizes: set = set()

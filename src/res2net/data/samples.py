@@ -18,11 +18,12 @@ from .images import open_image
 SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
 
 
-def sample_images(names: Sequence[str] = SAMPLE_IMAGES) -> List[Tuple[str, Tensor]]:
-    """scikit-image's sample photos as float tensors (3, H, W) in [0, 1] (needs ``res2net[analysis]``)."""
+def sample_images(names: Sequence[str] = SAMPLE_IMAGES, extra: str = "analysis") -> List[Tuple[str, Tensor]]:
+    """scikit-image's sample photos as float tensors (3, H, W) in [0, 1] (scikit-image comes with the feature's
+    ``extra``: ``res2net[analysis]``, ``res2net[export]``)."""
     from ..extras import require
 
-    data = require("skimage.data", "analysis")
+    data = require("skimage.data", extra)
     images = []
     for name in names:
         if not hasattr(data, name):

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import List
 
-from ..commands.common import positive_int
-from .cases import RUNTIMES, BenchConfig
-from .report import format_markdown, run_bench, write_report
+from .common import positive_int
+from ..bench.cases import RUNTIMES, BenchConfig
+from ..bench.report import format_markdown, run_bench, write_report
 
 
 def _int_list(text: str) -> List[int]:
@@ -63,7 +63,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .report import _finite
+    from ..bench.report import _finite
 
     report = run_bench(config_from_args(args), log=(lambda s: None) if args.json else print)
     if args.out is not None:
@@ -74,7 +74,7 @@ def _main(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``res2net bench``."""
-    from . import __doc__ as doc
+    from ..bench import __doc__ as doc
 
     p = subparsers.add_parser("bench", help="time our models vs the runtimes, timm and torchvision (one process, "
                               "interleaved)", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,0 +1,80 @@
+"""Writing a model's ONNX graph and checking a converted model against eager: shared by ``res2net export`` and
+the runtime backends (:mod:`res2net.runtimes`), below both.
+
+The check compares with eager on named inputs (a random one, a real photo: :func:`real_input`): the largest
+absolute difference must be within ``atol + rtol * max|eager output|``. The relative term matters for untrained
+models, whose logits reach the thousands (float32 rounding alone then gives differences of ~1e-3).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import Res2NetError
+from .extras import require
+
+EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True) / the TorchScript-based exporter
+MIN_OPSET = 17
+MIN_OPSET_DYNAMO = 18  # torch's dynamo exporter writes opset 18 and up (it cannot convert down to 17)
+DEFAULT_OPSET = 18
+
+
+class ExportError(Res2NetError):
+    """An export failed or its output does not match the eager model."""
+
+
+def real_input(size: int, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+               in_chans: int = 3) -> Tensor:
+    """scikit-image's astronaut photo, resized and centre-cropped to ``size`` x ``size`` (grey when ``in_chans``
+    is 1) and normalized (default: ImageNet statistics): a (1, in_chans, size, size) batch."""
+    from .data import normalize
+    from .data.samples import resize_center, sample_images
+    from .models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    img = resize_center(sample_images(["astronaut"], extra="export")[0][1], size, in_chans)
+    return normalize(img[None], mean or IMAGENET_MEAN, std or IMAGENET_STD)
+
+
+def check_outputs(what: str, key: str, eager: Union[Tensor, List[Tensor]], got: List[np.ndarray], atol: float,
+                   rtol: float) -> float:
+    """The max abs difference of ``got`` to ``eager``; ExportError when above ``atol + rtol * max|eager|``."""
+    ref = [eager] if isinstance(eager, Tensor) else list(eager)
+    if len(ref) != len(got):
+        raise ExportError(f"{what} returns {len(got)} outputs, eager returns {len(ref)}")
+    diff = max(float(np.abs(r.detach().numpy() - o).max()) for r, o in zip(ref, got))
+    scale = max(float(r.detach().abs().max()) for r in ref)
+    if not diff <= atol + rtol * scale:
+        raise ExportError(f"{what} output differs from eager on the {key} input: max abs diff {diff:.3g} > "
+                          f"{atol:g} + {rtol:g} x max|output| ({scale:.3g})")
+    return diff
+
+
+def write_onnx(model: nn.Module, x: Tensor, path: Path, opset: int, dynamic_batch: bool, exporter: str) -> None:
+    """Write ``model``'s ONNX graph for input ``x`` to ``path`` with torch's ``exporter`` (needs
+    ``res2net[export]``: onnx, and onnxscript for the dynamo exporter)."""
+    require("onnx", "export")
+    if exporter == "dynamo":
+        require("onnxscript", "export")
+    with torch.no_grad():
+        sample_out = model(x)
+    n_out = 1 if isinstance(sample_out, Tensor) else len(sample_out)
+    output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
+    kwargs: Dict[str, Any] = dict(input_names=["input"], output_names=output_names, opset_version=opset)
+    if exporter == "dynamo":
+        if dynamic_batch:
+            arg = next(iter(inspect.signature(model.forward).parameters))
+            kwargs["dynamic_shapes"] = {arg: {0: torch.export.Dim("batch")}}
+        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False, external_data=False, **kwargs)
+        return
+    if dynamic_batch:
+        kwargs["dynamic_axes"] = {n: {0: "batch"} for n in ["input"] + output_names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        torch.onnx.export(model, (x,), str(path), dynamo=False, do_constant_folding=True, **kwargs)
