@@ -200,3 +200,11 @@ def test_cli_exports_a_training_checkpoint_with_its_own_shape(tmp_path: Path,
     assert "trained with 10 classes" in capsys.readouterr().err
     grey = ex.real_input(28, (0.5,), (0.25,), in_chans=1)
     assert grey.shape == (1, 1, 28, 28) and grey.std() > 0.3
+
+
+def test_export_target_that_is_a_folder_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from res2net.cli import main
+
+    assert main(["export", "res2net17_slim", "--format", "torchscript", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

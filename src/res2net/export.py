@@ -131,6 +131,8 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
         raise ValueError(f"--out {out}: an OpenVINO IR is written as NAME.xml (with NAME.bin beside it)")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out: directory {str(out.parent)!r} does not exist")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the file to write (e.g. {out / 'model'}.{fmt})")
     model = model.eval()
     torch.manual_seed(0)
     sample = torch.randn(1, in_chans, input_size, input_size)
