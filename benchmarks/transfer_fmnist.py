@@ -47,9 +47,13 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--epochs", type=int, nargs="+", default=[30, 15], help="per --per-class entry")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[16, 32], help="per --per-class entry")
+    parser.add_argument("--ft-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of the finetune recipe (e.g. optim.backbone_lr_mult=1.0); its runs and report "
+                             "get their own names, the pretraining and the from-scratch runs are shared")
     args = parser.parse_args()
     out = args.out
     runs = out / "runs"
+    tag = "".join(f"+{kv}" for kv in args.ft_set)
     start = time.perf_counter()
     for model in MODELS:  # pretraining on the other five classes
         if not (runs / "pretrain" / model / "pretrained").is_dir():
@@ -58,41 +62,44 @@ def main() -> int:
     results: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
     for n, epochs, batch in zip(args.per_class, args.epochs, args.batch_size):
         for model in MODELS:
-            for arm in ("fine-tuned", "scratch"):
+            for arm in ("fine-tuned" + tag, "scratch"):
                 accs = results.setdefault(f"{n}/class", {}).setdefault(model, {}).setdefault(arm, [])
                 for seed in range(args.seeds):
                     folder = runs / f"n{n}" / arm / f"seed{seed}"
                     if not (folder / model / "pretrained").is_dir():
-                        recipe = ["--config", "finetune", "--pretrained", str(runs / "pretrain" / model)] \
-                            if arm == "fine-tuned" else ["--config", "fashion_mnist"]
+                        recipe = ["--config", "finetune", "--pretrained", str(runs / "pretrain" / model),
+                                  *[w for kv in args.ft_set for w in ("--set", kv)]] \
+                            if arm != "scratch" else ["--config", "fashion_mnist"]
                         run(["train", "--model", model, *COMMON, *recipe, "--set", f"data.classes={TARGET_CLASSES}",
                              "--set", f"data.train_per_class={n}", "--epochs", str(epochs), "--batch-size",
                              str(batch), "--seed", str(seed), "--set", f"run.eval_every={epochs}",
                              "--out", str(folder)])
                     accs.append(json.loads((folder / "metrics.json").read_text())["models"][model]["test_top1"])
     wall = time.perf_counter() - start
-    write(out, results, args, wall)
+    write(out, results, args, wall, tag)
     return 0
 
 
 def write(out: Path, results: Dict[str, Dict[str, Dict[str, List[float]]]], args: argparse.Namespace,
-          wall: float) -> None:
+          wall: float, tag: str) -> None:
     rows = []
     for split, models in results.items():
         for model, arms in models.items():
-            ft, sc = arms["fine-tuned"], arms["scratch"]
+            ft, sc = arms["fine-tuned" + tag], arms["scratch"]
             gap, _, ci = mean_ci([a - b for a, b in zip(ft, sc)])
             rows.append([split, model, f"{100 * statistics.fmean(ft):.2f} ± {100 * statistics.stdev(ft):.2f}",
                          f"{100 * statistics.fmean(sc):.2f} ± {100 * statistics.stdev(sc):.2f}",
                          f"{100 * gap:+.2f}", f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "-"])
-    (out / "transfer.json").write_text(json.dumps({"results": results, "seeds": args.seeds, "wall_seconds": wall,
+    stem = "transfer" + tag.replace("=", "-")
+    (out / f"{stem}.json").write_text(json.dumps({"results": results, "seeds": args.seeds, "wall_seconds": wall,
                                                    "per_class": args.per_class, "epochs": args.epochs}, indent=1))
     lines = ["# Fine-tuning vs from scratch on Fashion-MNIST classes 5-9 (pretrained on classes 0-4)", "",
-             f"Command: `.venv/bin/python benchmarks/transfer_fmnist.py --out {out}`; {args.seeds} seeds; "
+             f"Command: `.venv/bin/python benchmarks/transfer_fmnist.py --out {out}"
+             + "".join(f" --ft-set {kv}" for kv in args.ft_set) + f"`; {args.seeds} seeds; "
              f"wall {wall / 60:.1f} min.", "",
              *md_table(["labels", "model", "fine-tuned top-1 (%)", "scratch top-1 (%)", "gap (points)",
-                        "gap 95% t interval"], rows), "", "![transfer](transfer.png)", ""]
-    (out / "transfer.md").write_text("\n".join(lines))
+                        "gap 95% t interval"], rows), "", f"![transfer]({stem}.png)", ""]
+    (out / f"{stem}.md").write_text("\n".join(lines))
     plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     for ax, (split, models) in zip(axes[0], results.items()):
@@ -106,7 +113,7 @@ def write(out: Path, results: Dict[str, Dict[str, Dict[str, List[float]]]], args
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "transfer.png", dpi=110)
+    fig.savefig(out / f"{stem}.png", dpi=110)
     plt.close(fig)
     print("\n".join(lines))
 
