@@ -35,7 +35,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "runtimes": {"fusion", "onnxio", "data", "errors", "extras"},
     "optimize": {"fusion", "runtimes", "errors"},
     "export": {"onnxio", "runtimes", "weights", "models", "data", "errors", "extras"},
-    "bench": {"optimize", "fusion", "runtimes", "weights", "models", "data", "errors", "extras", "profiling",
+    "bench": {"optimize", "fusion", "runtimes", "layouts", "models", "data", "errors", "extras", "profiling",
               "jsonio"},
     "predict": {"optimize", "pretrained", "weights", "data", "errors"},
     "timm_compat": {"pretrained", "models"},

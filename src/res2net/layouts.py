@@ -145,9 +145,33 @@ def _split_module(key: str) -> Tuple[str, str]:
     return module, tensor
 
 
+SCALE1_RENAMES = ((".convs.0.", ".conv2."), (".bns.0.", ".bn2."))  # (ours, torchvision's and timm's)
+
+
 def _scale1_names(key: str) -> str:
     """Our ``convs.0``/``bns.0`` of a scale-1 block are torchvision's and timm's ``conv2``/``bn2``."""
-    return key.replace(".convs.0.", ".conv2.").replace(".bns.0.", ".bn2.")
+    for ours, theirs in SCALE1_RENAMES:
+        key = key.replace(ours, theirs)
+    return key
+
+
+def rename_scale1_keys(state_dict: Mapping[str, Tensor], expected: Iterable[str], to_ours: bool = True
+                       ) -> Dict[str, Tensor]:
+    """Rename scale-1 keys between torchvision's/timm's ``conv2``/``bn2`` and our ``convs.0``/``bns.0``
+    (``to_ours=False``: ours to theirs), only where the renamed key is one of ``expected`` (the target
+    model's keys); every other key passes unchanged."""
+    expected = set(expected)
+    out: Dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        new = key
+        if key not in expected:
+            for ours, theirs in SCALE1_RENAMES:
+                old, repl = (theirs, ours) if to_ours else (ours, theirs)
+                if key.replace(old, repl) in expected:
+                    new = key.replace(old, repl)
+                    break
+        out[new] = value
+    return out
 
 
 def _timm_key(key: str, spec: ModelSpec, unused: frozenset) -> Optional[str]:

@@ -28,7 +28,6 @@ from .models import registry
 PathLike = Union[str, "os.PathLike[str]"]
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
-_SCALE1_RENAMES = ((".conv2.", ".convs.0."), (".bn2.", ".bns.0."))
 
 
 def sha256_of(path: Union[str, Path]) -> str:
@@ -120,18 +119,7 @@ def _is_state_dict(obj: Mapping) -> bool:
 def adapt_state_dict(state_dict: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
     """Rename torchvision/timm scale-1 keys (``conv2``/``bn2``) to this package's ``convs.0``/``bns.0`` where the
     model expects them; official Res2Net keys pass unchanged."""
-    expected = set(model.state_dict())
-    out: Dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        new = key
-        if key not in expected:
-            for old, repl in _SCALE1_RENAMES:
-                candidate = key.replace(old, repl)
-                if candidate in expected:
-                    new = candidate
-                    break
-        out[new] = value
-    return out
+    return layouts.rename_scale1_keys(state_dict, model.state_dict())
 
 
 def to_our_layout(state_dict: Mapping[str, Tensor], name: str, model: Optional[nn.Module] = None

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..extras import require
+from ..layouts import rename_scale1_keys
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": "int8"}
 RUNTIMES = ("inductor", "onnxruntime", "openvino")
@@ -97,21 +98,9 @@ def flops_per_image(model: nn.Module, size: int, in_chans: int = 3) -> float:
 
 
 def to_timm_keys(state: Dict[str, torch.Tensor], timm_model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Our state dict in timm's key names: the weights module's scale-1 rename table read backwards
-    (``convs.0``/``bns.0`` -> ``conv2``/``bn2``) where timm's model expects the renamed key."""
-    from ..weights import _SCALE1_RENAMES
-
-    expected = set(timm_model.state_dict())
-    out = {}
-    for key, value in state.items():
-        new = key
-        if key not in expected:
-            for theirs, ours in _SCALE1_RENAMES:
-                if key.replace(ours, theirs) in expected:
-                    new = key.replace(ours, theirs)
-                    break
-        out[new] = value
-    return out
+    """Our state dict in timm's key names (``convs.0``/``bns.0`` -> ``conv2``/``bn2`` where timm's model
+    expects the renamed key)."""
+    return rename_scale1_keys(state, timm_model.state_dict(), to_ours=False)
 
 
 def timm_model(name: str, ours: nn.Module, num_classes: int) -> Optional[nn.Module]:
