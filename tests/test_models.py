@@ -367,6 +367,23 @@ def test_fx_and_torchvision_feature_extractor(name):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+
+def test_fx_traces_a_training_model_with_drop_path():
+    """create_feature_extractor traces train and eval mode: drop-path must trace too (same random mask)."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = res2net.create_model("res2net17_slim", drop_path_rate=0.2).train()
+    x = torch.randn(4, 3, 32, 32)
+    traced = torch.fx.symbolic_trace(model)
+    assert any(n.op == "call_function" and n.target is res2net.layers.drop_path for n in traced.graph.nodes)
+    extractor = create_feature_extractor(model, return_nodes={"layer2": "C3"})
+    torch.manual_seed(0)
+    want = model(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(traced(x), want, rtol=0, atol=0)
+    channels = {info["module"]: info["num_chs"] for info in model.feature_info}
+    assert extractor(x)["C3"].shape[1] == channels["layer2"]
+
 # --- checkpoints ----------------------------------------------------------------------------------------------
 
 def write_checkpoint(tmp_path: Path, name: str, model: nn.Module, wrap: bool = False) -> Path:

@@ -10,6 +10,7 @@ import math
 from typing import Callable, List, Optional
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 NormLayer = Callable[[int], nn.Module]
@@ -18,6 +19,20 @@ NormLayer = Callable[[int], nn.Module]
 def split_width(planes: int, base_width: int, cardinality: int = 1) -> int:
     """Channels of one split: ``floor(planes * base_width / 64) * cardinality`` (official formula)."""
     return int(math.floor(planes * (base_width / 64.0))) * cardinality
+
+
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth on a residual branch ``x``: in training, zero whole samples with probability ``p`` and
+    scale the kept ones by ``1 / (1 - p)``. A leaf of torch.fx traces (``torch.fx.wrap``): the mask's shape
+    depends on ``x.ndim``, which a symbolic trace cannot see."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+torch.fx.wrap("drop_path")
 
 
 class DropPath(nn.Module):
@@ -30,11 +45,7 @@ class DropPath(nn.Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
+        return drop_path(x, self.p, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
