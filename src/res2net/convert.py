@@ -11,6 +11,7 @@ overwritten by a file that failed any of these checks.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import tempfile
@@ -24,6 +25,7 @@ from torch import Tensor
 from . import layouts
 from .errors import CheckpointError
 from .models import create_model, get_spec
+from .models.registry import ModelSpec
 from .weights import read_checkpoint, unwrap_state_dict
 
 FORMATS = ("pth", "safetensors", "pkl")
@@ -108,6 +110,22 @@ def _strict(model: torch.nn.Module, state_dict: Dict[str, Tensor], what: str) ->
     model.load_state_dict(state_dict, strict=True)
 
 
+def _peer_model(layout: str, spec: ModelSpec, has_head: bool) -> Optional[Tuple[torch.nn.Module, str]]:
+    """timm's or torchvision's own model of ``spec`` and its description (None when the package is missing)."""
+    try:
+        package = importlib.import_module(layout)
+    except ImportError:
+        return None
+    if layout == "timm":
+        model = package.create_model(spec.timm_name, pretrained=False, num_classes=1000 if has_head else 0)
+        return model, f"timm {package.__version__} {spec.timm_name}"
+    name = layouts.TORCHVISION_NAMES[spec.name]
+    model = getattr(package.models, name)()
+    if not has_head:
+        model.fc = torch.nn.Identity()
+    return model, f"torchvision {package.__version__} {name}"
+
+
 def verify_layout(state_dict: Dict[str, Tensor], model_name: str, layout: str) -> str:
     """Load ``state_dict`` strictly into ``layout``'s reference model of ``model_name``; returns what it was.
 
@@ -124,26 +142,11 @@ def verify_layout(state_dict: Dict[str, Tensor], model_name: str, layout: str) -
             return f"our {spec.name} (strict, without the unused DLA project keys)"
         _strict(model, state_dict, f"our {spec.name}")
         return f"our {spec.name} (strict)"
-    if layout == "timm":
-        try:
-            import timm
-        except ImportError:
-            timm = None
-        if timm is not None:
-            model = timm.create_model(spec.timm_name, pretrained=False, num_classes=1000 if has_head else 0)
-            _strict(model, state_dict, f"timm's {spec.timm_name}")
-            return f"timm {timm.__version__} {spec.timm_name} (strict)"
-    if layout == "torchvision":
-        try:
-            import torchvision
-        except ImportError:
-            torchvision = None
-        if torchvision is not None:
-            model = getattr(torchvision.models, layouts.TORCHVISION_NAMES[spec.name])()
-            if not has_head:
-                model.fc = torch.nn.Identity()
-            _strict(model, state_dict, f"torchvision's {layouts.TORCHVISION_NAMES[spec.name]}")
-            return f"torchvision {torchvision.__version__} {layouts.TORCHVISION_NAMES[spec.name]} (strict)"
+    peer = _peer_model(layout, spec, has_head) if layout in ("timm", "torchvision") else None
+    if peer is not None:
+        model, what = peer
+        _strict(model, state_dict, what)
+        return f"{what} (strict)"
     expected = layouts.layout_shapes(spec.name, layout)
     score = layouts.detect_layout(state_dict, spec.name, (layout,)).scores[0]
     if not score.exact or score.prefix:
