@@ -450,8 +450,11 @@ def test_corrupt_and_unsafe_checkpoints(tmp_path):
             res2net.create_model("res2net20_cifar", pretrained=str(path))
     unsafe = tmp_path / "unsafe.pth"
     torch.save({"model": res2net.create_model("res2net20_cifar")}, unsafe)  # a pickled module: not weights-only
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="cannot be read") as info:
         res2net.create_model("res2net20_cifar", pretrained=str(unsafe))
+    # the reason, not torch's paragraph of advice to load it with weights_only=False
+    assert "Unsupported global: GLOBAL res2net.models.resnet.ResNet" in str(info.value)
+    assert "weights_only` set to `False`" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_no_official_weights_for_unreleased_model():

@@ -67,6 +67,18 @@ def _to_tensors(obj: Any) -> Any:
     return obj
 
 
+def _load_failure(exc: BaseException) -> str:
+    """The part of a loader's exception that says what is wrong with the file: for torch's weights-only
+    unpickler the reason after its advice paragraph (``Unsupported global: GLOBAL os.system``), else the first
+    line."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        reason = [line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()]
+        text = reason[0] if reason else text
+    first = text.splitlines()[0][:200] if text else ""
+    return f"{type(exc).__name__}: {first}"
+
+
 def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """The one checkpoint reader: ``.safetensors`` through safetensors (never executes code), detectron2's
     ``.pkl`` through an unpickler that accepts numpy arrays only, anything else through
@@ -88,9 +100,8 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         else:
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch/safetensors raise several types for truncated/corrupt/unsafe files
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (truncated, corrupt or not a "
-                              f"weights-only PyTorch/safetensors file): {type(exc).__name__}: {first}") from None
+                              f"weights-only PyTorch/safetensors file): {_load_failure(exc)}") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a mapping")
     return dict(obj)
