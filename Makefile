@@ -29,7 +29,7 @@ test: setup
 	$(BIN)/python -m pytest -q -m serial
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
 bench: setup
 	$(BIN)/res2net bench --train --out runs/bench
