@@ -106,3 +106,22 @@ def test_bad_arguments() -> None:
         fast.train()
     with pytest.raises(res2net.errors.ConfigError):
         optimize(fast)
+
+
+@pytest.mark.parametrize("name", ["res2net50_26w_4s", "res2next_dla60"])
+def test_fused_model_traces_into_one_graph(name: str) -> None:
+    """torch.compile (the inductor backend) sees the whole fused model as one graph: the eager path's writes into
+    channel slices (``out=``) were a graph break in every block, and past dynamo's recompile limit (8 frames of one
+    code object) the remaining blocks ran uncompiled. Under compile the splits take the functional path, which
+    must compute the same values."""
+    model = res2net.create_model(name).eval()
+    fused = optimize(model)
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(fused.model)(x)
+        torch._dynamo.reset()
+        assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons[:2]
+        block = next(m for m in fused.modules() if isinstance(m, FusedRes2NetBlock) and m.mode == 0)
+        out = torch.randn(2, block.width * block.scale, 8, 8)
+        torch.testing.assert_close(block._multi_scale_functional(out.clone()), block.multi_scale(out.clone()),
+                                   rtol=0, atol=0)

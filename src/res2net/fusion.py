@@ -124,6 +124,8 @@ class FusedRes2NetBlock(nn.Module):
             y = torch.relu_(self.convs[0](out.narrow(1, 0, n)))
             last = out.narrow(1, n, w)
             return torch.cat([y, self.pool(last) if self.pool is not None else last], 1)
+        if torch.compiler.is_compiling():
+            return self._multi_scale_functional(out)
         sp = out.narrow(1, 0, w)
         for i, conv in enumerate(self.convs):
             if i > 0:
@@ -132,6 +134,18 @@ class FusedRes2NetBlock(nn.Module):
             torch.clamp_min(conv(sp), 0.0, out=dst)  # y_i replaces x_i, which no later step reads
             sp = dst
         return out
+
+    def _multi_scale_functional(self, out: Tensor) -> Tensor:
+        """The same hierarchical splits with a concatenation, for torch.compile: dynamo cannot trace ``out=`` into
+        a channel slice (a graph break in every block, and past dynamo's recompile limit the blocks ran
+        uncompiled); inductor plans the concatenation's buffer itself."""
+        w = self.width
+        ys: List[Tensor] = []
+        for i, conv in enumerate(self.convs):
+            x_i = out.narrow(1, i * w, w)
+            ys.append(torch.relu(conv(x_i if i == 0 else ys[-1] + x_i)))
+        rest = out.narrow(1, len(self.convs) * w, out.shape[1] - len(self.convs) * w)
+        return torch.cat(ys + [rest], 1)
 
 
 def _fold_sequential(seq: nn.Sequential) -> None:
