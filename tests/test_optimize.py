@@ -125,3 +125,46 @@ def test_fused_model_traces_into_one_graph(name: str) -> None:
         out = torch.randn(2, block.width * block.scale, 8, 8)
         torch.testing.assert_close(block._multi_scale_functional(out.clone()), block.multi_scale(out.clone()),
                                    rtol=0, atol=0)
+
+
+def test_packed_conv_equals_the_convolution_it_replaces() -> None:
+    """Packed once per input shape: same values as the plain Conv2d for strides, groups, dilation, channel-slice
+    inputs (the hierarchical splits), bf16, more shapes than it keeps, a weight changed in place and a copy."""
+    import pickle
+    from res2net.fusion import PackedConv2d
+
+    torch.manual_seed(0)
+    for kw in (dict(kernel_size=1), dict(kernel_size=3, padding=1, stride=2), dict(kernel_size=3, padding=2,
+               dilation=2, groups=4), dict(kernel_size=7, padding=3, stride=2, bias=False)):
+        conv = nn.Conv2d(16, 32, **kw).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        packed = PackedConv2d(conv)
+        assert packed.weight is conv.weight and packed.bias is conv.bias
+        for shape in [(1, 16, 9, 9), (3, 16, 12, 10), (2, 16, 8, 8), (1, 16, 5, 7), (4, 16, 6, 6), (1, 16, 9, 9)]:
+            x = torch.randn(*shape).to(memory_format=torch.channels_last)
+            torch.testing.assert_close(packed(x), conv(x), rtol=1e-5, atol=1e-5)
+        assert len(packed._packed) <= PackedConv2d.MAX_SHAPES
+        wide = torch.randn(2, 48, 10, 10).to(memory_format=torch.channels_last)
+        torch.testing.assert_close(packed(wide.narrow(1, 16, 16)), conv(wide.narrow(1, 16, 16)), rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            conv.weight.mul_(-2.0)  # in place: the packed copy must follow
+        torch.testing.assert_close(packed(x), conv(x), rtol=1e-5, atol=1e-5)
+        copied = pickle.loads(pickle.dumps(packed))
+        assert not copied._packed
+        torch.testing.assert_close(copied(x), conv(x), rtol=1e-5, atol=1e-5)
+        conv.double()  # another dtype: the plain path
+        assert torch.equal(packed(x.double()), conv(x.double()))
+    bf16 = nn.Conv2d(16, 32, 3, padding=1).eval().requires_grad_(False).to(torch.bfloat16)
+    x = torch.randn(2, 16, 8, 8, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(PackedConv2d(bf16)(x).float(), bf16(x).float(), rtol=2e-2, atol=2e-2)
+
+
+def test_optimize_packs_every_convolution_on_the_cpu() -> None:
+    from res2net.fusion import PackedConv2d
+
+    model = res2net.create_model("res2net17_slim").eval()
+    fast = optimize(model)
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(isinstance(m, PackedConv2d) for m in convs)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4 * float(model(x).abs().max()))

@@ -12,7 +12,9 @@ What it does, in order:
    is no ``torch.cat`` copy;
 3. folds every other Conv2d -> BatchNorm2d pair (stems, shortcuts, DLA roots and projections);
 4. converts weights to channels_last (and to bfloat16 on request; BN is folded in float32 first);
-5. optionally wraps the trunk in ``torch.compile``.
+5. on the CPU, reorders each convolution's weight into oneDNN's blocked layout once per input shape
+   (:class:`PackedConv2d`) instead of on every call;
+6. optionally wraps the trunk in ``torch.compile``.
 
 The returned :class:`OptimizedModel` takes the same float32 input and returns float32 output (a tensor, or a
 list for ``features_only`` models). It runs under ``torch.no_grad`` and must not be trained.
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import List, Optional, Union
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +33,8 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .layers import Res2NetBlock
 
-__all__ = ["FusedRes2NetBlock", "OptimizedModel", "bf16_supported", "fold_bn", "fuse"]
+__all__ = ["FusedRes2NetBlock", "OptimizedModel", "PackedConv2d", "bf16_supported", "fold_bn", "fuse",
+           "pack_convolutions"]
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
@@ -62,6 +66,60 @@ def _avgpool_as_conv_weight(width: int, cardinality: int, device: torch.device) 
     per_group = width // cardinality
     eye = torch.eye(per_group, device=device).repeat(cardinality, 1)  # (width, per_group)
     return (eye / 9.0)[:, :, None, None].expand(width, per_group, 3, 3).contiguous()
+
+
+_ONEDNN = torch.backends.mkldnn.is_available()
+
+
+class PackedConv2d(nn.Conv2d):
+    """A Conv2d of the eager fast path whose weight is reordered into oneDNN's blocked layout once per input shape
+    and dtype (kept for the last :attr:`MAX_SHAPES` shapes) instead of on every call, as PyTorch's eager
+    convolution does: at batch 1 those reorders took about a third of Res2Net-50's forward (docs/BENCHMARKS.md).
+    Same parameters, same outputs; falls back to the ordinary convolution off the CPU, without oneDNN, under
+    ``torch.compile`` (inductor packs weights itself) and for inputs of another dtype."""
+
+    MAX_SHAPES = 4
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                         padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                         bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta")
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self._packed: "OrderedDict[tuple, Tensor]" = OrderedDict()
+
+    def _packable(self, x: Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dim() == 4 and x.dtype == self.weight.dtype
+                and x.dtype in (torch.float32, torch.bfloat16) and self.padding_mode == "zeros"
+                and not isinstance(self.padding, str) and _ONEDNN)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling() or not self._packable(x):
+            return super().forward(x)
+        geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        key = (tuple(x.shape), x.dtype, self.weight.data_ptr(), self.weight._version)
+        packed = self._packed.get(key)
+        if packed is None:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *geometry, list(x.shape))
+            if len(self._packed) >= self.MAX_SHAPES:
+                self._packed.popitem(last=False)
+            self._packed[key] = packed
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, *geometry, "none", [], "")
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_packed"] = OrderedDict()  # derived from the weight; rebuilt on the first call
+        return state
+
+
+def pack_convolutions(module: nn.Module) -> nn.Module:
+    """Replace every Conv2d below ``module`` by a :class:`PackedConv2d` sharing its parameters (in place)."""
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Conv2d:
+            setattr(module, name, PackedConv2d(child))
+        else:
+            pack_convolutions(child)
+    return module
 
 
 class FusedRes2NetBlock(nn.Module):
@@ -230,6 +288,8 @@ def fuse(model: nn.Module, dtype: torch.dtype = torch.float32, compile: bool = F
     fused = fused.to(dtype=dtype)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        pack_convolutions(fused)
     trunk: nn.Module = torch.compile(fused) if compile else fused  # type: ignore[assignment]
     wrapper = OptimizedModel(trunk, dtype, channels_last)
     for attr in ("feature_info", "default_cfg", "num_classes", "num_features", "out_indices"):

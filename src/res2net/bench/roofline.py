@@ -20,6 +20,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..fusion import PackedConv2d
+
 __all__ = ["ConvShape", "StageProbe", "attainable_seconds", "conv_shapes", "stage_probes"]
 
 
@@ -106,8 +108,11 @@ def attainable_seconds(probes: Sequence[StageProbe], rates: Sequence[float], flo
 
 def eager_probe_step(probe: StageProbe, batch: int, dtype: torch.dtype,
                      device: torch.device) -> Callable[[], None]:
-    """One call of the probe conv in PyTorch (channels_last, weights in ``dtype``)."""
-    conv = probe_module(probe).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    """One call of the probe conv in PyTorch (channels_last, weights in ``dtype``; on the CPU with its weight packed
+    once, as the eager fast path runs its convolutions)."""
+    conv: nn.Module = probe_module(probe).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    if device.type == "cpu":
+        conv = PackedConv2d(conv)  # type: ignore[arg-type]
     x = torch.randn(batch, probe.channels, *probe.hw, device=device, dtype=dtype).contiguous(
         memory_format=torch.channels_last)
 
