@@ -25,11 +25,11 @@ demo: setup
 	$(BIN)/res2net train
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 -m "not serial"
+	$(BIN)/python -m pytest -q -n 2 --durations=15 -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 bench: setup
 	$(BIN)/res2net bench --train --out runs/bench

@@ -1,15 +1,42 @@
 """Session hooks. When a pytest-xdist worker dies mid-test ("node down: Not properly terminated"), xdist says
-only that; this prints how the worker process ended (exit code or signal) and the kernel's lines about killed
-processes (OOM killer, segfaults) when ``dmesg`` is readable, so a crash in CI names its cause."""
+only that; this prints how the worker process ended (exit code or signal), the Python stacks of all its threads
+at a fatal signal (faulthandler, written by each worker to a file of its own) and the kernel's lines about
+killed processes (OOM killer, segfaults) when ``dmesg`` is readable, so a crash in CI names its cause."""
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, List, Optional
 
 import pytest
+
+
+_FAULT_LOG: List[Any] = []  # the open file faulthandler writes to (kept open for the worker's lifetime)
+
+
+def _fault_log(controller_pid: int, worker: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"res2net-pytest-{controller_pid}-{worker}.faulthandler"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own faulthandler plugin, which writes to a stderr xdist loses
+def pytest_configure(config: pytest.Config) -> None:
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker:
+        _FAULT_LOG.append(open(_fault_log(os.getppid(), worker), "w"))
+        faulthandler.enable(file=_FAULT_LOG[0], all_threads=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _FAULT_LOG:  # a worker that ends normally leaves no file behind
+        faulthandler.disable()
+        _FAULT_LOG.pop().close()
+        _fault_log(os.getppid(), config.workerinput["workerid"]).unlink(missing_ok=True)  # type: ignore[attr-defined]
 
 
 def _exit_status(node: Any) -> Optional[int]:
@@ -39,5 +66,9 @@ def pytest_testnodedown(node: Any, error: Optional[object]) -> None:
     how = ("unknown" if code is None else
            f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
     lines = _kernel_kill_lines()
+    log = _fault_log(os.getpid(), node.gateway.id)
+    stacks = log.read_text(errors="replace").splitlines()[-60:] if log.is_file() else []
+    log.unlink(missing_ok=True)
     sys.stderr.write(f"\n[conftest] worker {node.gateway.id} went down ({error}): {how}\n"
-                     + "".join(f"[conftest] dmesg: {line}\n" for line in lines))
+                     + "".join(f"[conftest] dmesg: {line}\n" for line in lines)
+                     + "".join(f"[conftest] faulthandler: {line}\n" for line in stacks))

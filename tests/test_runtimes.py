@@ -124,12 +124,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Tuple[torch.nn.Module, 
     return model, calibration, normalize(test.images, mean, std), test.labels, tmp_path_factory.mktemp("trained")
 
 
-
-# the tests of the trained model share one pytest-xdist worker (make test: --dist loadgroup), so that the
-# module fixture trains once per run instead of once per worker
-TRAINED_ONCE = pytest.mark.xdist_group("int8-trained")
-
-@TRAINED_ONCE
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_int8_agrees_with_fp32_on_held_out_images(trained: tuple, backend: str) -> None:
     _needs(backend, "int8")
@@ -145,7 +139,6 @@ def test_int8_agrees_with_fp32_on_held_out_images(trained: tuple, backend: str) 
     assert abs(float((pred == labels).float().mean()) - fp32_acc) <= 0.03
 
 
-@TRAINED_ONCE
 def test_int8_onnx_export_round_trip(trained: tuple, tmp_path: Path) -> None:
     _needs("onnxruntime", "int8")
     import onnx
@@ -168,7 +161,6 @@ def test_int8_onnx_export_round_trip(trained: tuple, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["q.onnx"]
 
 
-@TRAINED_ONCE
 def test_int8_openvino_export_round_trip(trained: tuple, tmp_path: Path) -> None:
     _needs("openvino", "int8")
     import openvino as ov
@@ -189,7 +181,6 @@ def test_int8_openvino_export_round_trip(trained: tuple, tmp_path: Path) -> None
     assert (np.asarray(got).argmax(1) == ref).mean() >= 0.9
 
 
-@TRAINED_ONCE
 def test_int8_check_refuses_a_broken_model(trained: tuple) -> None:
     """The build-time int8 check can fail: a model whose quantized copy disagrees is refused."""
     _needs("onnxruntime", "int8")
