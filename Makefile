@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/res2net train
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --durations=15 -m "not serial"
+	bash tools/pytest_parallel.sh $(BIN)/python --durations=15 -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
 
 test-fast: setup
