@@ -66,6 +66,13 @@ def test_inductor_backend_equals_eager(model: torch.nn.Module) -> None:
     with torch.no_grad():
         ref = model(x)
     assert float((fast(x) - ref).abs().max()) <= _bound(ref, 1e-4, 1e-5)
+    # frozen: every convolution runs on its packed weight (with options={"freezing": True} none did, torch 2.14)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fast(x)
+    counts = {e.key: e.count for e in prof.key_averages()}
+    assert "aten::convolution" not in counts and "aten::_slow_conv2d_forward" not in counts, sorted(counts)
+    packed = counts.get("mkldnn::_convolution_pointwise", 0) + counts.get("mkldnn::_convolution_pointwise_", 0)
+    assert packed == sum(isinstance(m, torch.nn.Conv2d) for m in fast.modules())  # the fused model's convolutions
 
 
 @pytest.mark.parametrize("backend", ["eager", "openvino"])
