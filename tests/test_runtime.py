@@ -41,3 +41,18 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("RES2NET_MALLOC_TUNING", "0")
     assert runtime.keep_freed_memory() is False
     assert runtime._applied is False
+
+
+def test_allocator_tuned_by_the_console_script_not_by_a_library_call_of_main(monkeypatch, capsys):
+    """``res2net`` (cli.run, also ``python -m res2net.cli``) tunes its own process's allocator; a program that
+    calls ``cli.main`` keeps its allocator untouched."""
+    from res2net import cli
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert cli.main(["models", "res2net50_26w_4s"]) == 0
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", ["res2net", "models", "res2net50_26w_4s"])
+    assert cli.run() == 0
+    assert calls == [1]
+    assert "res2net50_26w_4s" in capsys.readouterr().out

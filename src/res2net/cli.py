@@ -75,13 +75,20 @@ def _leave_process_group() -> None:
         cleanup()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``res2net`` console script. Exit codes: 0 done; 2 a user error (one line: what and
-    where); 130 / 143 stopped by SIGINT / SIGTERM (training saves a checkpoint first and says how to resume);
-    1 an unexpected error (one line; ``RES2NET_DEBUG=1`` shows the traceback)."""
+def run() -> int:
+    """The ``res2net`` console script: :func:`main` on ``sys.argv`` in a process of its own, which may therefore
+    tune the process's allocator (:func:`res2net.runtime.keep_freed_memory`: freed activation buffers reused
+    instead of page-faulted in every step). A library caller of :func:`main` keeps its allocator as it was."""
     from .runtime import keep_freed_memory
 
-    keep_freed_memory()  # reuse freed activation buffers instead of page-faulting them in every step
+    keep_freed_memory()
+    return main()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one ``res2net`` command (``argv``: its arguments, default ``sys.argv[1:]``). Exit codes: 0 done; 2 a
+    user error (one line: what and where); 130 / 143 stopped by SIGINT / SIGTERM (training saves a checkpoint
+    first and says how to resume); 1 an unexpected error (one line; ``RES2NET_DEBUG=1`` shows the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -114,4 +121,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
