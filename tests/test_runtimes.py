@@ -58,6 +58,32 @@ def test_fp32_backend_equals_eager(model: torch.nn.Module, onnx_dir: Path, backe
     assert float((got - ref).abs().max()) <= _bound(ref, 1e-4, 1e-5)
 
 
+@pytest.mark.parametrize("request_elements", [1, runtimes.OPENVINO_REQUEST_ELEMENTS])
+def test_openvino_throughput_requests_keep_the_input_order(model: torch.nn.Module, onnx_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            request_elements: int) -> None:
+    """On several threads a batch runs as parallel requests (one image each, or several small ones): every
+    image's output is eager's for that image, in input order; batches that do not split evenly, one image and
+    one thread run as one latency-mode call."""
+    _needs("openvino")
+    monkeypatch.setattr(runtimes, "OPENVINO_REQUEST_ELEMENTS", request_elements)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        path = runtimes.export_onnx_for_runtime(model, onnx_dir / "order.onnx", (3, SIZE, SIZE))
+        run = runtimes.openvino_runner(path, "fp32")
+        torch.manual_seed(2)
+        for n in (4, 3, 1):
+            x = torch.randn(n, 3, SIZE, SIZE)
+            with torch.no_grad():
+                ref = model(x)
+            got = torch.from_numpy(run(x.numpy())[0])
+            assert got.shape == ref.shape
+            assert float((got - ref).abs().max()) <= _bound(ref, 1e-4, 1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 def test_inductor_backend_equals_eager(model: torch.nn.Module) -> None:
     _needs("inductor")
