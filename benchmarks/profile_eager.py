@@ -70,6 +70,49 @@ def eager_profile(model: nn.Module, x: torch.Tensor, rounds: int) -> Dict[str, A
             "aten_self_ms": [(k, round(ms, 3), n) for k, ms, n in ops if ms > 0][:25]}
 
 
+def onednn_kernel_vs_call(model: nn.Module, x: torch.Tensor) -> Dict[str, Any]:
+    """One forward with oneDNN's verbose log on: the convolution kernels' own time (the log's ``exec`` lines)
+    against the time of each PyTorch convolution call around them (the op timed call by call), so the per-call
+    cost of the eager op (oneDNN primitive descriptor built on every call, tensor wrapping, allocation) shows
+    apart from the kernels that OpenVINO runs too."""
+    import os
+    import tempfile
+
+    packed_conv = torch.ops.mkldnn._convolution_pointwise
+    calls: List[float] = []
+
+    def timed(*args: Any) -> torch.Tensor:
+        t0 = time.perf_counter()
+        y = packed_conv(*args)
+        calls.append(time.perf_counter() - t0)
+        return y
+
+    model(x)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        torch.ops.mkldnn._convolution_pointwise = timed  # type: ignore[assignment]
+        try:
+            t0 = time.perf_counter()
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                model(x)
+            total = time.perf_counter() - t0
+        finally:
+            torch.ops.mkldnn._convolution_pointwise = packed_conv  # type: ignore[assignment]
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        kernels = [float(line.rsplit(",", 1)[1]) for line in log
+                   if line.startswith("onednn_verbose") and ",exec," in line and ",convolution," in line]
+    if len(kernels) != len(calls):
+        raise RuntimeError(f"{len(calls)} convolution calls but {len(kernels)} oneDNN kernel lines")
+    over = [1e3 * c - k for c, k in zip(calls, kernels)]
+    return {"forward_ms": 1e3 * total, "calls": len(calls), "kernel_ms": sum(kernels),
+            "call_ms": 1e3 * sum(calls), "per_call_overhead_us_median": 1e3 * statistics.median(over),
+            "note": "one forward with the verbose log on (its own printing adds to each call)"}
+
+
 def openvino_profile(model: nn.Module, x: torch.Tensor, dtype: str, rounds: int, workdir: Path) -> Dict[str, Any]:
     """OpenVINO's per-layer counters, summed by layer type and by (type, kernel implementation)."""
     import openvino as ov
@@ -107,9 +150,16 @@ def openvino_profile(model: nn.Module, x: torch.Tensor, dtype: str, rounds: int,
 
 
 def markdown(name: str, batch: int, dtype: str, eager: Dict[str, Any], ovp: Optional[Dict[str, Any]]) -> str:
+    split = eager["kernel_vs_call"]
+    ov_conv = f"; OpenVINO's Convolution layers (PERF_COUNT, with their fused ops): " \
+              f"{ovp['by_type_ms'].get('Convolution', 0.0):.2f} ms" if ovp else ""
     lines = [f"# Eager fast path vs OpenVINO: {name}, batch {batch}, {dtype}, {torch.get_num_threads()} threads", "",
              f"Eager (res2net.optimize) total {eager['total_ms']:.1f} ms"
              + (f"; OpenVINO total {ovp['total_ms']:.1f} ms" if ovp else ""), "",
+             "## Eager: convolution kernels vs convolution calls (oneDNN verbose log, one forward)", "",
+             f"{split['calls']} calls: oneDNN kernels {split['kernel_ms']:.2f} ms, the PyTorch calls around them "
+             f"{split['call_ms']:.2f} ms (median {split['per_call_overhead_us_median']:.0f} us per call outside "
+             f"the kernel; {split['note']}){ov_conv}.", "",
              "## Eager: convolutions by kind (forward hooks)", "", "| kind | ms | share |", "|---|---|---|"]
     conv_total = sum(eager["conv_ms"].values())
     for k, v in sorted(eager["conv_ms"].items(), key=lambda t: -t[1]):
@@ -144,8 +194,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     x = torch.randn(args.batch, 3, size, size)
     fast = res2net.optimize(model, dtype=torch.float32 if args.dtype == "fp32" else torch.bfloat16)
     with torch.no_grad():
-        eager = eager_profile(fast.model, x.to(fast.dtype).contiguous(memory_format=torch.channels_last),
-                              args.rounds)
+        x_fast = x.to(fast.dtype).contiguous(memory_format=torch.channels_last)
+        eager = eager_profile(fast.model, x_fast, args.rounds)
+        eager["kernel_vs_call"] = onednn_kernel_vs_call(fast.model, x_fast)
     ovp = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
