@@ -58,15 +58,14 @@ def test_fp32_backend_equals_eager(model: torch.nn.Module, onnx_dir: Path, backe
     assert float((got - ref).abs().max()) <= _bound(ref, 1e-4, 1e-5)
 
 
-@pytest.mark.parametrize("request_elements", [1, runtimes.OPENVINO_REQUEST_ELEMENTS])
+@pytest.mark.parametrize("stream_min_elements", [1, runtimes.OPENVINO_STREAM_MIN_ELEMENTS])
 def test_openvino_throughput_requests_keep_the_input_order(model: torch.nn.Module, onnx_dir: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
-                                                            request_elements: int) -> None:
-    """On several threads a batch runs as parallel requests (one image each, or several small ones): every
-    image's output is eager's for that image, in input order; batches that do not split evenly, one image and
-    one thread run as one latency-mode call."""
+                                                            stream_min_elements: int) -> None:
+    """On several threads a batch of large images runs as parallel one-image requests: every image's output is
+    eager's for that image, in input order (small images, one image and one thread: one latency-mode call)."""
     _needs("openvino")
-    monkeypatch.setattr(runtimes, "OPENVINO_REQUEST_ELEMENTS", request_elements)
+    monkeypatch.setattr(runtimes, "OPENVINO_STREAM_MIN_ELEMENTS", stream_min_elements)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -331,33 +331,34 @@ def onnxruntime_runner(path: Union[str, Path]) -> Callable[[np.ndarray], List[np
     return lambda x: sess.run(None, {name: x})
 
 
-# throughput mode: the input values per request. One Res2Net-50 image at 224 px (150k) is one request (1.07x fp32,
-# 1.13x bf16 over a latency-mode batch of 16, 2 cores); 28 px Fashion-MNIST images go 8 to a request (requests of
-# one image ran 0.83x / 0.70x the latency-mode batch there, per-request overhead; 8 per request 1.5x / 1.7x)
-OPENVINO_REQUEST_ELEMENTS = 32768
+# throughput mode only for images of at least this many input values (3 x 128 x 128): one Res2Net-50 image at
+# 224 px per request ran 1.07x fp32 / 1.08x bf16 against one latency-mode call at batch 16 (2 cores), also with
+# eager PyTorch calls in between; for 28 px Fashion-MNIST images it was 1.5x alone but 0.55x fp32 / 0.86x bf16
+# with eager PyTorch calls in between (docs/BENCHMARKS.md), so small images keep the latency-mode call
+OPENVINO_STREAM_MIN_ELEMENTS = 3 * 128 * 128
 
 
-def _in_requests(model: Any, queue: Any, x: np.ndarray, per_request: int) -> List[np.ndarray]:
-    """``x`` in requests of ``per_request`` images on ``queue``'s parallel streams; outputs in input order."""
-    parts: List[Any] = [None] * (x.shape[0] // per_request)
+def _per_image_requests(model: Any, queue: Any, x: np.ndarray) -> List[np.ndarray]:
+    """Each image of ``x`` one request on ``queue``'s parallel streams; outputs in input order."""
+    parts: List[Any] = [None] * x.shape[0]
 
     def done(request: Any, index: int) -> None:
         parts[index] = [request.get_output_tensor(k).data.copy() for k in range(len(model.outputs))]
 
     queue.set_callback(done)
-    for i in range(len(parts)):
-        queue.start_async({0: x[i * per_request:(i + 1) * per_request]}, userdata=i)
+    for i in range(x.shape[0]):
+        queue.start_async({0: x[i:i + 1]}, userdata=i)
     queue.wait_all()
     return [np.concatenate([p[k] for p in parts]) for k in range(len(model.outputs))]
 
 
 def openvino_runner(model_or_path: Any, dtype: str) -> Callable[[np.ndarray], List[np.ndarray]]:
     """An OpenVINO CPU model, inference precision f32 (fp32, int8) or bf16, torch's thread count, compiled per
-    input shape (static shapes compile to faster kernels than a dynamic batch). One image, or one thread: the
-    latency hint, the batch in one call. Several images on several threads: the throughput hint, one stream per
-    thread, each large image its own request on a stream of one thread (no barriers inside a layer): 1.07x fp32
-    / 1.13x bf16 over one latency-mode batch of 16 for Res2Net-50 on 2 cores (docs/BENCHMARKS.md; small images go
-    several to a request, :data:`OPENVINO_REQUEST_ELEMENTS`). Outputs in input order either way."""
+    input shape (static shapes compile to faster kernels than a dynamic batch). One image, one thread or small
+    images: the latency hint, the batch in one call. Several large images (:data:`OPENVINO_STREAM_MIN_ELEMENTS`)
+    on several threads: the throughput hint, one stream per thread, each image its own request on a stream of one
+    thread (no barriers inside a layer): 1.07x fp32 / 1.08x bf16 over one latency-mode call at batch 16 for
+    Res2Net-50 on 2 cores (docs/BENCHMARKS.md). Outputs in input order either way."""
     ov = _require("openvino", "openvino")
     core = ov.Core()
     base = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
@@ -377,12 +378,9 @@ def openvino_runner(model_or_path: Any, dtype: str) -> Callable[[np.ndarray], Li
         return compiled[(shape, streams)]
 
     def run(x: np.ndarray) -> List[np.ndarray]:
-        n = x.shape[0]
-        streams = min(threads, n)
-        if streams > 1:  # requests of about OPENVINO_REQUEST_ELEMENTS input values, at least one per stream
-            per_request = min(-(-OPENVINO_REQUEST_ELEMENTS // int(np.prod(x.shape[1:]))), -(-n // streams))
-            if n % per_request == 0:  # one compiled shape for every request
-                return _in_requests(*compile_for((per_request, *x.shape[1:]), streams), x, per_request)
+        streams = min(threads, x.shape[0])
+        if streams > 1 and int(np.prod(x.shape[1:])) >= OPENVINO_STREAM_MIN_ELEMENTS:
+            return _per_image_requests(*compile_for((1, *x.shape[1:]), streams), x)
         model, _ = compile_for(tuple(x.shape), 1)
         result = model(x)
         return [result[o] for o in model.outputs]
