@@ -356,9 +356,10 @@ def openvino_runner(model_or_path: Any, dtype: str) -> Callable[[np.ndarray], Li
     """An OpenVINO CPU model, inference precision f32 (fp32, int8) or bf16, torch's thread count, compiled per
     input shape (static shapes compile to faster kernels than a dynamic batch). One image, one thread or small
     images: the latency hint, the batch in one call. Several large images (:data:`OPENVINO_STREAM_MIN_ELEMENTS`)
-    on several threads: the throughput hint, one stream per thread, each image its own request on a stream of one
-    thread (no barriers inside a layer): 1.07x fp32 / 1.08x bf16 over one latency-mode call at batch 16 for
-    Res2Net-50 on 2 cores (docs/BENCHMARKS.md). Outputs in input order either way."""
+    on several threads: the throughput hint, min(threads, images) streams sharing the threads (one each when the
+    batch is at least the thread count: no barriers inside a layer), each image its own request: 1.07x fp32 /
+    1.08x bf16 over one latency-mode call at batch 16 for Res2Net-50 on 2 cores (docs/BENCHMARKS.md). Outputs in
+    input order either way."""
     ov = _require("openvino", "openvino")
     core = ov.Core()
     base = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
