@@ -87,6 +87,7 @@ class PackedConv2d(nn.Conv2d):
         self.weight = conv.weight
         self.bias = conv.bias
         self._packed: "OrderedDict[tuple, Tensor]" = OrderedDict()
+        self._geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)  # the op's args
 
     def _packable(self, x: Tensor) -> bool:
         return (x.device.type == "cpu" and x.dim() == 4 and x.dtype == self.weight.dtype
@@ -96,15 +97,14 @@ class PackedConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if torch.compiler.is_compiling() or not self._packable(x):
             return super().forward(x)
-        geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         key = (tuple(x.shape), x.dtype, self.weight.data_ptr(), self.weight._version)
         packed = self._packed.get(key)
         if packed is None:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *geometry, list(x.shape))
+            packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *self._geometry, list(x.shape))
             if len(self._packed) >= self.MAX_SHAPES:
                 self._packed.popitem(last=False)
             self._packed[key] = packed
-        return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, *geometry, "none", [], "")
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, *self._geometry, "none", [], "")
 
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()

@@ -8,7 +8,8 @@ step, docs/TRAINING.md). :func:`keep_freed_memory` raises
 both thresholds so freed buffers stay in the process and are reused, which is what tcmalloc/jemalloc do.
 
 The ``res2net`` console script calls it once at start (``res2net.cli.run``; ``RES2NET_MALLOC_TUNING=0`` turns it
-off); ``res2net.cli.main`` called from another program does not, and library users may call it themselves. It only changes allocator thresholds, never results.
+off); ``res2net.cli.main`` called from another program does not, and library users may call it themselves. It
+only changes allocator thresholds, never results.
 """
 
 from __future__ import annotations
