@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import res2net
-from res2net.fusion import bf16_supported
+from res2net.hardware import bf16_native
 from res2net.data.fashion_mnist import find_dir, read_split
 
 MEAN, STD = 0.2860, 0.3530
@@ -84,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "top1_agreement_with_eager_fp32": {k: (v == preds["eager_fp32"]).float().mean().item()
                                            for k, v in preds.items()},
         "max_abs_logit_diff": {k: (v - logits["eager_fp32"]).abs().max().item() for k, v in logits.items()},
-        "bf16_native": bf16_supported(),
+        "bf16_native": bf16_native(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bf16_agreement.json").write_text(json.dumps(report, indent=1) + "\n")

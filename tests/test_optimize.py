@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import res2net
-from res2net.fusion import FusedRes2NetBlock, OptimizedModel, bf16_supported
+from res2net.fusion import FusedRes2NetBlock, OptimizedModel
+from res2net.hardware import bf16_native
 from res2net.optimize import optimize
 
 
@@ -76,7 +77,7 @@ def test_bf16_close_to_fp32() -> None:
     x = torch.randn(8, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
-    with pytest.warns(RuntimeWarning) if not bf16_supported() else _nullcontext():
+    with pytest.warns(RuntimeWarning) if not bf16_native() else _nullcontext():
         fast = optimize(model, dtype=torch.bfloat16)
     out = fast(x)
     assert out.dtype == torch.float32

@@ -23,7 +23,6 @@ list for ``features_only`` models). It runs under ``torch.no_grad`` and must not
 from __future__ import annotations
 
 import copy
-import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Union
 
@@ -31,9 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .hardware import check_dtype
 from .layers import Res2NetBlock
 
-__all__ = ["FusedRes2NetBlock", "OptimizedModel", "PackedConv2d", "bf16_supported", "fold_bn", "fuse",
+__all__ = ["FusedRes2NetBlock", "OptimizedModel", "PackedConv2d", "fold_bn", "fuse",
            "pack_convolutions"]
 
 
@@ -69,6 +69,9 @@ def _avgpool_as_conv_weight(width: int, cardinality: int, device: torch.device) 
 
 
 _ONEDNN = torch.backends.mkldnn.is_available()
+# oneDNN reorders bf16 weights only with AVX512BW/VL/DQ (or AVX-NE-CONVERT); below that, bf16 takes the plain
+# convolution (correct, emulated, slow: :func:`res2net.hardware.check_dtype` warns)
+_ONEDNN_BF16 = _ONEDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class PackedConv2d(nn.Conv2d):
@@ -76,7 +79,8 @@ class PackedConv2d(nn.Conv2d):
     and dtype (kept for the last :attr:`MAX_SHAPES` shapes) instead of on every call, as PyTorch's eager
     convolution does: at batch 1 those reorders took about a third of Res2Net-50's forward (docs/BENCHMARKS.md).
     Same parameters, same outputs; falls back to the ordinary convolution off the CPU, without oneDNN, under
-    ``torch.compile`` (inductor packs weights itself) and for inputs of another dtype."""
+    ``torch.compile`` (inductor packs weights itself), for inputs of another dtype and for bf16 where oneDNN has
+    no bf16 reorder (CPUs below AVX-512)."""
 
     MAX_SHAPES = 4
 
@@ -91,8 +95,8 @@ class PackedConv2d(nn.Conv2d):
 
     def _packable(self, x: Tensor) -> bool:
         return (x.device.type == "cpu" and x.dim() == 4 and x.dtype == self.weight.dtype
-                and x.dtype in (torch.float32, torch.bfloat16) and self.padding_mode == "zeros"
-                and not isinstance(self.padding, str) and _ONEDNN)
+                and (x.dtype == torch.float32 or x.dtype == torch.bfloat16 and _ONEDNN_BF16)
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str) and _ONEDNN)
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.compiler.is_compiling() or not self._packable(x):
@@ -233,16 +237,6 @@ def _fold_tree(module: nn.Module) -> nn.Module:
     return module
 
 
-def bf16_supported(device: Union[str, torch.device] = "cpu") -> bool:
-    """Whether ``device`` runs bfloat16 convolutions natively (CPU: AVX512-BF16/AMX via oneDNN; CUDA: sm80+)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
 class OptimizedModel(nn.Module):
     """Eval-only wrapper returned by :func:`optimize`: casts the input to the model's dtype and memory format,
     runs the fused trunk without autograd, and returns float32 output."""
@@ -280,9 +274,8 @@ def fuse(model: nn.Module, dtype: torch.dtype = torch.float32, compile: bool = F
         raise ConfigError("model is already optimized; pass the original model to optimize()")
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
-    if dtype == torch.bfloat16 and not bf16_supported(device):
-        warnings.warn(f"dtype=torch.bfloat16: {device} has no native bf16 convolutions; this will be slow",
-                      RuntimeWarning, stacklevel=2)
+    if dtype == torch.bfloat16:
+        check_dtype("bf16", device, "dtype")
     fused = _fold_tree(copy.deepcopy(model).eval())
     fused.requires_grad_(False)
     fused = fused.to(dtype=dtype)

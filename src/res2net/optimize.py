@@ -12,6 +12,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .fusion import OptimizedModel, fuse
+from .hardware import default_dtype
 from .runtimes import AUTO, BACKENDS, build_backend, choose_backend, dtype_name
 
 __all__ = ["optimize"]
@@ -25,8 +26,10 @@ def optimize(model: nn.Module, dtype: Union[torch.dtype, str] = torch.float32, b
     Args:
         model: any zoo model (ResNet or DLA trunk, SE, v1b, CIFAR, ``features_only``); it is not modified.
         dtype: ``torch.float32`` (output within 1e-4 of the original), ``torch.bfloat16`` (weights and
-            activations in bf16; warns where the device has no native bf16 convolutions) or ``"int8"``
-            (post-training static quantization calibrated on ``calibration``; onnxruntime or OpenVINO).
+            activations in bf16; warns where the device has no native bf16, :func:`res2net.hardware.check_dtype`),
+            ``"int8"`` (post-training static quantization calibrated on ``calibration``; onnxruntime or OpenVINO)
+            or ``"auto"`` (bf16 where the model's device runs it natively, else fp32:
+            :func:`res2net.hardware.default_dtype`).
         backend: ``"eager"`` (default: the fused PyTorch path, :mod:`res2net.fusion`), ``"inductor"`` (the fused path under
             ``torch.compile`` with freezing), ``"onnxruntime"``, ``"openvino"`` (the exported ONNX graph in that
             runtime), or ``"auto"`` (the fastest installed backend for this model, input shape and dtype, timed
@@ -38,6 +41,10 @@ def optimize(model: nn.Module, dtype: Union[torch.dtype, str] = torch.float32, b
             model card's).
         verify: check the result against eager on a real photo (int8: top-1 agreement on the calibration
             images) at build time; default True for every backend but eager.
+
+    Returns:
+        an eval-only ``nn.Module``: :class:`res2net.fusion.OptimizedModel` (eager, inductor) or
+        :class:`res2net.runtimes.RuntimeModel` (onnxruntime, OpenVINO).
 
     Every backend returns float32 output (a tensor, or a list for ``features_only``). A backend whose package is
     missing raises :class:`res2net.runtimes.BackendNotInstalled` naming ``pip install 'res2net[deploy]'``.
@@ -54,6 +61,9 @@ def optimize(model: nn.Module, dtype: Union[torch.dtype, str] = torch.float32, b
         raise ValueError(f"compile must be a bool, got {compile!r}")
     if isinstance(model, OptimizedModel) or hasattr(model, "runtime_backend"):
         raise ConfigError("model is already optimized; pass the original model to optimize()")
+    if isinstance(dtype, str) and dtype == AUTO:
+        param = next(model.parameters(), None)
+        dtype = default_dtype(param.device if param is not None else "cpu")[0]
     name = dtype_name(dtype)
     if backend not in BACKENDS + (AUTO,):
         raise ValueError(f"backend must be one of {', '.join(BACKENDS + (AUTO,))}, got {backend!r}")

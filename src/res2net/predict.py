@@ -19,6 +19,7 @@ from .data import normalize
 from .data.preprocessing import Preprocessing
 from .data.samples import IMAGE_EXTS, load_image, resize_center
 from .errors import DataError, Res2NetError
+from .hardware import default_dtype, select_device
 from .weights import card_preprocessing
 
 ImageInput = Union[str, Path, Tensor]
@@ -64,7 +65,9 @@ class Predictor:
         name: the zoo model (needed for sources that do not say it, e.g. official files).
         topk: classes per image; batch_size: images per forward; tta: None or ``"flip"`` (mean of the image and
         its mirror); backend: a :func:`res2net.optimize` backend (``"eager"``, ``"auto"``, ``"onnxruntime"``,
-        ``"openvino"``, ...), None: the plain model.
+        ``"openvino"``, ...), None: the plain model; dtype: the backend's precision, ``"auto"`` (bf16 where the
+        device runs it natively, else fp32: :func:`res2net.hardware.default_dtype`), ``"fp32"`` or ``"bf16"``;
+        device: ``"cpu"``, ``"cuda[:N]"``, ``"mps"`` or ``"auto"`` (:func:`res2net.hardware.select_device`).
 
     >>> p = Predictor(create_model("res2net17_slim", num_classes=3), name="res2net17_slim", topk=2)
     >>> [len(r["topk"]) for r in p.predict([torch.rand(3, 40, 40)])]
@@ -73,9 +76,13 @@ class Predictor:
 
     def __init__(self, model_or_source: Union[nn.Module, str, Path], name: Optional[str] = None, *,
                  topk: int = 5, batch_size: int = 32, tta: Optional[str] = None, backend: Optional[str] = None,
-                 device: Union[str, torch.device] = "cpu") -> None:
+                 dtype: str = "auto", device: Union[str, torch.device] = "cpu") -> None:
         if tta not in TTA:
             raise ValueError(f"tta must be one of {TTA}, got {tta!r}")
+        if dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"dtype must be auto, fp32 or bf16, got {dtype!r}")
+        if dtype != "auto" and backend is None:
+            raise ValueError(f"dtype={dtype!r} applies to a backend; give backend= too (e.g. 'auto')")
         if topk < 1 or batch_size < 1:
             raise ValueError(f"topk and batch_size must be >= 1, got {topk}, {batch_size}")
         model, self.classes, self.preprocessing, self.name = self._resolve(model_or_source, name)
@@ -85,12 +92,13 @@ class Predictor:
         self.in_chans = int(getattr(model, "in_chans", len(self.preprocessing.mean)))
         self.preprocessing = self.preprocessing.for_channels(self.in_chans)
         self.topk, self.batch_size, self.tta = min(topk, self.num_classes), batch_size, tta
-        self.device = torch.device(device)
+        self.device = select_device(str(device), what="device")
         model = model.eval().to(self.device)
         if backend is not None:
             from .optimize import optimize
 
-            model = optimize(model, backend=backend, input_size=self.preprocessing.input_size)
+            model = optimize(model, dtype=default_dtype(self.device)[0] if dtype == "auto" else dtype,
+                             backend=backend, input_size=self.preprocessing.input_size)
         self.model = model
         self.skipped: List[Tuple[str, str]] = []  # (file, reason) of every image that could not be read
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError, Res2NetError
 from .extras import MissingExtraError, require
+from .hardware import bf16_native
 
 __all__ = ["AUTO", "BACKENDS", "DTYPES", "BackendNotInstalled", "RuntimeModel", "available_backends",
            "backend_supports", "build_backend", "choose_backend", "dtype_name", "export_onnx_for_runtime",
@@ -353,9 +354,9 @@ def _per_image_requests(model: Any, queue: Any, x: np.ndarray) -> List[np.ndarra
 
 
 def openvino_runner(model_or_path: Any, dtype: str) -> Callable[[np.ndarray], List[np.ndarray]]:
-    """An OpenVINO CPU model, inference precision f32 (fp32, int8) or bf16, torch's thread count, compiled per
-    input shape (static shapes compile to faster kernels than a dynamic batch). One image, one thread or small
-    images: the latency hint, the batch in one call. Several large images (:data:`OPENVINO_STREAM_MIN_ELEMENTS`)
+    """An OpenVINO CPU model, inference precision f32 (fp32, int8) or bf16 (f32 where bf16 is not native), torch's
+    thread count, compiled per input shape (static shapes compile to faster kernels than a dynamic batch). One
+    image, one thread or small images: the latency hint, the batch in one call. Several large images (:data:`OPENVINO_STREAM_MIN_ELEMENTS`)
     on several threads: the throughput hint, min(threads, images) streams sharing the threads (one each when the
     batch is at least the thread count: no barriers inside a layer), each image its own request: 1.07x fp32 /
     1.08x bf16 over one latency-mode call at batch 16 for Res2Net-50 on 2 cores (docs/BENCHMARKS.md). Outputs in
@@ -364,7 +365,10 @@ def openvino_runner(model_or_path: Any, dtype: str) -> Callable[[np.ndarray], Li
     core = ov.Core()
     base = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
     threads = _threads()
-    precision = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16" if dtype == "bf16" else "f32"}
+    # bf16 only where the CPU runs it natively: OpenVINO itself falls back to f32 elsewhere, but under
+    # ONEDNN_MAX_CPU_ISA its CPU plugin finds no kernel for some layers and refuses to compile
+    native = dtype == "bf16" and bf16_native("cpu")
+    precision = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16" if native else "f32"}
     compiled: Dict[Tuple[Tuple[int, ...], int], Tuple[Any, Any]] = {}
 
     def compile_for(shape: Tuple[int, ...], streams: int) -> Tuple[Any, Any]:

@@ -281,7 +281,7 @@ def model_cases(cfg: BenchConfig, device: torch.device, log: Callable[[str], Non
     from pathlib import Path
 
     from ..models import get_spec
-    from ..fusion import bf16_supported
+    from ..hardware import bf16_native
 
     cases: List[Case] = []
     tv_sizes: set = set()
@@ -292,7 +292,7 @@ def model_cases(cfg: BenchConfig, device: torch.device, log: Callable[[str], Non
         setup = setup_model(cfg, name, device, with_torchvision=with_tv)
         with tempfile.TemporaryDirectory(prefix="res2net-bench-") as tmp:  # one ONNX export per model
             for dt in cfg.dtypes:
-                if dt == "bf16" and not bf16_supported(device):
+                if dt == "bf16" and not bf16_native(device):
                     log(f"note: {device} has no native bf16: bf16 rows will be slow")
                 for batch in cfg.batch_sizes:
                     rows = _Rows(setup, dt, batch, device)

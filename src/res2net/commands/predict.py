@@ -36,7 +36,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise IsADirectoryError(f"{out} is a folder; give a file name")
     files = find_images(args.inputs)
     predictor = Predictor(source, args.model, topk=args.topk, batch_size=args.batch_size, tta=args.tta,
-                          backend=args.backend, device=args.device)
+                          backend=args.backend, dtype=args.dtype, device=args.device)
     records = predictor.predict(files, progress=len(files) > 1 and sys.stderr.isatty())
     for name, reason in predictor.skipped:
         print(f"warning: skipped {name}: {reason}", file=sys.stderr)
@@ -71,7 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default=None,
                    help="run through res2net.optimize with this backend: eager, inductor, onnxruntime, openvino or "
                         "auto (the fastest measured here); default: the plain model")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the backend's precision: auto (default: bf16 where this machine runs it natively, else fp32; "
+                        "`res2net env` says which), fp32 or bf16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--json", type=Path, help="write the records as JSON")
     p.add_argument("--csv", type=Path, help="write the records as CSV")
     p.set_defaults(func=_cmd_predict)

@@ -54,7 +54,8 @@ Checkpoints load with ``torch.load(path, weights_only=True)`` (:func:`load_check
 
 from .checkpoint import load_checkpoint, load_latest, save_atomic
 from .config import OptimConfig, RunConfig, SchedConfig, load_config, to_dict
-from .distributed import DistInfo, init_distributed, select_amp, select_device
+from ..hardware import select_device
+from .distributed import DistInfo, init_distributed, select_amp
 from .sampler import ResumableBatchSampler
 from .runfolder import RunLock
 from .trainer import (Context, FitResult, Preempted, Task, Trainer, TrainingDiverged, build_loader, fit,

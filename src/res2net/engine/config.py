@@ -45,8 +45,9 @@ def one_of(default: Any, *choices: Any) -> Any:
 
 
 def device_name(default: str = "auto") -> Any:
-    """A ``run.device`` field: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; checked when a config is read."""
-    return field(default=default, metadata={"pattern": (r"auto|cpu|cuda(:[0-9]+)?", "auto, cpu, cuda or cuda:N")})
+    """A ``run.device`` field: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; checked when a config is read."""
+    return field(default=default, metadata={"pattern": (r"auto|cpu|cuda(:[0-9]+)?|mps",
+                                                        "auto, cpu, cuda, cuda:N or mps")})
 
 
 @dataclass
@@ -87,13 +88,15 @@ class RunConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = device_name("auto")
-    amp: str = one_of("auto", "auto", "bf16", "fp16", "off")  # auto: bf16 on CPU, bf16/fp16 on CUDA
+    # auto: bf16 where native (AVX512-BF16/AMX CPUs, sm80+ GPUs), fp16 on older GPUs, fp32 elsewhere
+    amp: str = one_of("auto", "auto", "bf16", "fp16", "off")
     channels_last: bool = True
     checkpoint_every: int = at_least(0, 0)  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
     log_every: int = at_least(20, 1)  # steps between JSONL step records
     eval_every: int = at_least(1, 1)  # epochs between evaluations (the last epoch is always evaluated)
-    workers: int = at_least(2, 0)  # DataLoader worker processes (0: load in the main process)
-    num_threads: int = at_least(0, 0)  # torch CPU threads (0: torch's default)
+    # DataLoader worker processes (0: load in the main process; null: one per usable core beyond the first, <= 4)
+    workers: Optional[int] = at_least(None, 0)
+    num_threads: int = at_least(0, 0)  # torch CPU threads (0: torch's, lowered to the usable cores: cgroup quota)
     quiet: bool = False
     tensorboard: bool = False
 

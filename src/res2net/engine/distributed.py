@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError, Res2NetError
+from ..hardware import check_dtype, default_amp, select_device
 
 
 class DistributedSetupError(Res2NetError):
@@ -37,38 +38,19 @@ class DistInfo:
         return self.world_size > 1
 
 
-def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: the local rank's CUDA device when CUDA is present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"run.device={name!r} but CUDA is not available; use auto or cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ConfigError(f"run.device={name!r} but this machine has {torch.cuda.device_count()} CUDA "
-                              "device(s)")
-    elif device.type != "cpu":
-        raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return device
-
-
 def select_amp(name: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype: ``auto`` is bf16 on CPU, bf16 on CUDA where supported else fp16; ``off`` is None."""
+    """The autocast dtype: ``auto`` follows :func:`res2net.hardware.default_amp` (bf16 only where it is native:
+    AVX512-BF16/AMX CPUs, sm80+ GPUs; fp16 on older GPUs; fp32 elsewhere); ``off`` is None; ``bf16`` on a CPU
+    without native bf16 runs with one warning saying how much slower it is."""
     choices = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if name == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
+        return default_amp(device)[0]
     if name not in choices:
         raise ConfigError(f"run.amp must be one of auto, bf16, fp16, off; got {name!r}")
-    if name == "fp16" and device.type == "cpu":
-        raise ConfigError("run.amp=fp16 needs CUDA; use bf16 or off on the CPU")
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError(f"run.amp=fp16 needs CUDA; use bf16 or off on {device.type}")
+    if name == "bf16":
+        check_dtype("bf16", device, "run.amp")
     return choices[name]
 
 

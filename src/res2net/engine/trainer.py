@@ -26,11 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 import torch.distributed as dist
 
 from ..errors import CheckpointError, ConfigError, Res2NetError
+from ..hardware import default_workers, limit_threads, select_device
 from ..weights import load_state_dict_strict
 from .checkpoint import load_latest, previous_path, rng_state, save_atomic, set_rng_state
 from .config import OptimConfig, RunConfig, SchedConfig, to_dict
 from .distributed import (DistInfo, agree, all_reduce_mean, barrier, broadcast_buffers, broadcast_object, cleanup,
-                          init_distributed, select_amp, select_device, under_torchrun)
+                          init_distributed, select_amp, under_torchrun)
 from ..jsonio import jsonl_line
 from .runfolder import RunLock
 from .sampler import ResumableBatchSampler
@@ -196,11 +197,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: SchedConfig, steps_
 
 
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, workers: int = 0, collate_fn: Optional[Callable[[Any], Any]] = None,
+                 world_size: int = 1, workers: Optional[int] = 0, collate_fn: Optional[Callable[[Any], Any]] = None,
                  device: Optional[torch.device] = None) -> Tuple[DataLoader, ResumableBatchSampler]:
     """A DataLoader over ``dataset`` driven by a :class:`ResumableBatchSampler` (shuffled and dropping the
     last partial batch when ``train``; in order and complete otherwise). Its own generator keeps worker seeding
-    off torch's global RNG."""
+    off torch's global RNG. ``workers=None``: :func:`res2net.hardware.default_workers`."""
+    workers = default_workers() if workers is None else workers
     sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle=train, seed=seed,  # type: ignore[arg-type]
                                     rank=rank, world_size=world_size, drop_last=train)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
@@ -569,6 +571,8 @@ class Trainer:
         run, task = self.run, self.task
         if run.num_threads:
             torch.set_num_threads(run.num_threads)
+        else:
+            limit_threads()
         seed_everything(run.seed, run.deterministic)
         if self.dist.is_main:
             self.lock.acquire()  # also proves the folder writable before any work
