@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data demo test test-fast bench clean
+.PHONY: setup data demo test test-fast test-avx2 bench clean
 
 setup: $(VENV)/.installed data
 
@@ -24,12 +24,23 @@ data:
 demo: setup
 	$(BIN)/res2net train
 
+# The tests that depend on the CPU's class (precision, fusion, runtimes, training) once more with PyTorch capped
+# to AVX2 (oneDNN's convolutions and ATen's kernels: docs/BENCHMARKS.md "CPU classes"), so that an AVX2
+# regression fails CI on an AVX-512 machine too.
+AVX2_EMULATION := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+AVX2_TESTS := tests/test_hardware.py tests/test_optimize.py tests/test_runtimes.py tests/test_train.py \
+	tests/test_engine.py
+
 test: setup
 	bash tools/pytest_parallel.sh $(BIN)/python --durations=15 -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
+	$(AVX2_EMULATION) bash tools/pytest_parallel.sh $(BIN)/python -m "not serial" $(AVX2_TESTS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+test-avx2: setup
+	$(AVX2_EMULATION) bash tools/pytest_parallel.sh $(BIN)/python -m "not serial" $(AVX2_TESTS)
 
 bench: setup
 	$(BIN)/res2net bench --train --out runs/bench

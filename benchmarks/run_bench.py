@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from res2net.bench import format_markdown, run_bench, write_report
+from res2net.bench.cases import DIRECT_PEERS
 from res2net.commands.bench import add_arguments, config_from_args
 from res2net.runtime import keep_freed_memory
 
@@ -49,13 +50,17 @@ SUITES: Dict[str, List[str]] = {
     # the default run's small Fashion-MNIST models (speed of the int8 whose accuracy int8_accuracy.py measures)
     "deploy-slim": ["--models", "res2net17_slim,resnet17_slim", "--input-size", "28", "--batch-sizes", "1,16",
                     "--dtypes", "fp32,bf16,int8", "--runtimes", "onnxruntime,openvino", "--no-peers", "--no-memory"],
+    # issue 20: per CPU class (run it natively and under the AVX2 emulation): our best path against the runtimes
+    # called directly (onnxruntime, OpenVINO on our ONNX graph; zentorch), fp32 / bf16 / int8, batch 1 and 16
+    "classes": ["--models", "res2net50_26w_4s", "--batch-sizes", "1,16", "--dtypes", "fp32,bf16,int8",
+                "--runtimes", "onnxruntime,openvino", "--direct-peers", "--no-peers", "--no-memory", "--no-roofline"],
     "gpu-train": ["--device", "cuda", "--models", "res2net50_26w_4s", "--batch-sizes", "256", "--train-only",
                   "--dtypes", "bf16", "--compile", "--grad-checkpointing"],
 }
 DEFAULT_SUITES = "main,scales,train,cifar"  # the CPU suites
 
 # suites whose steps are short (about a second) and whose ratio is noisy run at least this many rounds
-MIN_REPEATS: Dict[str, int] = {"cifar": 8, "deploy": 15, "deploy-slim": 20}
+MIN_REPEATS: Dict[str, int] = {"cifar": 8, "deploy": 15, "deploy-slim": 20, "classes": 11}
 
 
 def _find(results: List[Dict[str, Any]], **kw: Any) -> Optional[Dict[str, Any]]:
@@ -137,6 +142,8 @@ def targets(reports: Dict[str, Dict[str, Any]]) -> List[str]:
     for suite in ("deploy", "deploy-slim"):
         if suite in reports:
             lines += deploy_targets(reports[suite]["results"])
+    if "classes" in reports:
+        lines += class_targets(reports["classes"]["results"], reports["classes"].get("machine", {}))
     if "cifar" in reports:
         for dtype in ("fp32", "bf16"):
             time_ratio(f"res2net20_cifar / resnet20_cifar training step time, batch 128, {dtype}", 1.3,
@@ -191,6 +198,32 @@ def deploy_targets(res: List[Dict[str, Any]]) -> List[str]:
                 if r["model"] == model and r["impl"] in OURS and r.get("roofline_share") is not None:
                     lines.append(f"- {model} b{batch} {r['impl']} {r['dtype']}: share of the conv roofline "
                                  f"{100 * r['roofline_share']:.0f}% (report)")
+    return lines
+
+
+def class_targets(res: List[Dict[str, Any]], machine: Dict[str, Any]) -> List[str]:
+    """Issue 20's floors on this CPU class (paired per-round ratios): our best path / the fastest runtime called
+    directly (>= 1.0) in fp32, and in bf16 where it is native; best int8 / best fp32 (>= 1.5)."""
+    lines = [f"- CPU class: {machine.get('cpu_class', '?')}"]
+    infer = [r for r in res if r["mode"] == "infer"]
+    for batch in sorted({r["batch"] for r in infer}):
+        def best(impls: tuple, dtype: str) -> Optional[Dict[str, Any]]:
+            cand = [r for r in infer if r["impl"] in impls and r["dtype"] == dtype and r["batch"] == batch]
+            return max(cand, key=lambda r: r["images_per_s"], default=None)
+
+        for dtype in ("fp32", "bf16", "int8"):
+            ours, peer = best(OURS, dtype), best(DIRECT_PEERS, dtype)
+            if ours and peer:
+                v = paired_speed_ratio(ours, peer)
+                floor = dtype == "fp32" or (dtype == "bf16" and machine.get("bf16_native"))
+                lines.append(f"- b{batch} {dtype}: our best path ({ours['impl']}, {ours['ms_per_image']:.1f} ms/img) / "
+                             f"fastest direct peer ({peer['impl']}, {peer['ms_per_image']:.1f} ms/img): {v:.2f}"
+                             + (f" (>= 1.0) -> {'met' if v >= 1 else 'NOT met'}" if floor else " (report)"))
+        q, f = best(OURS, "int8"), best(OURS + DIRECT_PEERS, "fp32")
+        if q and f:
+            v = paired_speed_ratio(q, f)
+            lines.append(f"- b{batch}: best int8 ({q['impl']}) / best fp32 ({f['impl']}) images/s (>= 1.5): {v:.2f} "
+                         f"-> {'met' if v >= 1.5 else 'NOT met'}")
     return lines
 
 

@@ -3,14 +3,17 @@ ratios, the runtime rows. Tiny models and one round: no timing is asserted, only
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import res2net
 from res2net.bench import BenchConfig, Result, derive, format_markdown, run_bench, write_report
+from res2net.bench.report import machine_info
 from res2net.bench.roofline import attainable_seconds, conv_shapes, stage_probes
 
 
@@ -137,3 +140,36 @@ def test_a_missing_runtime_is_a_note_in_the_report(monkeypatch: pytest.MonkeyPat
     assert not [r for r in report["results"] if r["impl"] == "openvino"]
     assert report["notes"] == ["openvino (fp32) skipped: not installed (pip install 'res2net[deploy]')"]
     assert "Note: openvino (fp32) skipped" in format_markdown(report)
+
+
+@pytest.mark.slow
+def test_direct_peer_rows_compute_what_ours_computes(tmp_path) -> None:
+    """--direct-peers: onnxruntime and OpenVINO on our exported graph and zentorch on the model, each called as its
+    documentation shows; every row is built, runs, and computes the model's output (not only a time); the report
+    records the CPU class it ran on."""
+    from res2net.bench.cases import (DIRECT_PEERS, _direct_onnxruntime, _direct_openvino, _Rows, _zentorch,
+                                     direct_peer_cases, setup_model)
+    from res2net.runtimes import export_onnx_for_runtime, model_input_shape
+
+    cfg = BenchConfig(models=["res2net17_slim"], batch_sizes=[2], dtypes=["fp32"], peers=False, input_size=28)
+    setup = setup_model(cfg, "res2net17_slim", torch.device("cpu"), with_torchvision=False)
+    rows = _Rows(setup, "fp32", 2, torch.device("cpu"))
+    notes: list = []
+    direct_peer_cases(rows, tmp_path, notes.append)
+    built = {c.result.impl: c for c in rows.cases}
+    has_zentorch = importlib.util.find_spec("zentorch") is not None
+    assert {"onnxruntime-direct", "openvino-direct"} | ({"zentorch"} if has_zentorch else set()) == set(built), notes
+    for case in built.values():
+        case.step()  # the timed call runs
+    with torch.no_grad():
+        ref = setup.ours(rows.x).numpy()
+    path = export_onnx_for_runtime(setup.ours, tmp_path / "m.onnx", model_input_shape(setup.ours, 28))
+    outs = {"onnxruntime-direct": _direct_onnxruntime(path)(rows.x)[0],
+            "openvino-direct": next(iter(_direct_openvino(path, tuple(rows.x.shape), "fp32")(rows.x).values()))}
+    if has_zentorch:
+        outs["zentorch"] = _zentorch(setup.ours)(rows.x).detach().numpy()
+    for impl, out in outs.items():
+        np.testing.assert_allclose(np.asarray(out, dtype=np.float32), ref, rtol=1e-3, atol=1e-3, err_msg=impl)
+    assert set(DIRECT_PEERS) == {"onnxruntime-direct", "openvino-direct", "zentorch"}
+    info = machine_info(torch.device("cpu"))
+    assert info["cpu_class"].split()[0] == res2net.hardware.detect().cpu.isa

@@ -1,6 +1,14 @@
 """res2net: Res2Net (Gao et al., TPAMI 2021) models, training, analyses and fast inference."""
 
-from .layers import Res2NetBlock
+import os as _os
+import sys as _sys
+
+# On Apple Silicon, operators MPS lacks run on the CPU instead of failing. torch reads the switch when it is
+# imported, so it is set here, before our first torch import, unless torch came first or the user chose otherwise.
+if _sys.platform == "darwin" and "torch" not in _sys.modules:
+    _os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+
+from .layers import Res2NetBlock  # noqa: E402
 from .models import count_macs, count_params, get_spec, list_models, model_card
 from .optimize import optimize
 from .predict import Predictor

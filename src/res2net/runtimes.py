@@ -23,7 +23,6 @@ import hashlib
 import importlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError, Res2NetError
 from .extras import MissingExtraError, require
-from .hardware import bf16_native
+from .hardware import bf16_native, detect
 
 __all__ = ["AUTO", "BACKENDS", "DTYPES", "BackendNotInstalled", "RuntimeModel", "available_backends",
            "backend_supports", "build_backend", "choose_backend", "dtype_name", "export_onnx_for_runtime",
@@ -492,13 +491,9 @@ def build_backend(model: nn.Module, backend: str, dtype: Union[torch.dtype, str]
 # -------------------------------------------------------------------------------------------------- auto
 
 def _machine_key() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}|threads={_threads()}|torch={torch.__version__}"
+    """The CPU, its effective class (an emulated AVX2 run keeps its own choices), threads and torch."""
+    cpu = detect().cpu
+    return f"{cpu.name}|{cpu.isa}|threads={_threads()}|torch={torch.__version__}"
 
 
 def _arch_hash(model: nn.Module) -> str:

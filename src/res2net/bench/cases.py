@@ -16,6 +16,8 @@ from ..layouts import rename_scale1_keys
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": "int8"}
 RUNTIMES = ("inductor", "onnxruntime", "openvino")
+# the runtimes called directly, as their own documentation shows, on the same ONNX graph / model and threads
+DIRECT_PEERS = ("onnxruntime-direct", "openvino-direct", "zentorch")
 PEER = "resnet50"  # torchvision's
 
 
@@ -42,6 +44,7 @@ class BenchConfig:
     num_classes: Optional[int] = None
     runtimes: Sequence[str] = ()
     roofline: bool = True
+    direct_peers: bool = False  # onnxruntime, OpenVINO and zentorch called directly (DIRECT_PEERS)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Result:
 
     model: str
     impl: str  # ours | ours-optimized | ours-ckpt | inductor | onnxruntime | openvino | timm | torchvision | probe
+    #            | onnxruntime-direct | openvino-direct | zentorch (peers called directly)
     layout: str  # nchw | channels_last | "-" (runtimes and probes)
     dtype: str
     mode: str  # infer | train | probe | roofline
@@ -246,6 +250,79 @@ def runtime_cases(cfg: BenchConfig, rows: _Rows, workdir: Any, log: Callable[[st
         rows.add(backend, "-", "infer", built, rows.x, note="int8 calibrated on 8 photos" if dt == "int8" else "")
 
 
+def _direct_openvino(onnx_path: Any, shape: Sequence[int], dtype: str) -> Callable[[torch.Tensor], Any]:
+    """OpenVINO as its documentation shows: ``compile_model`` on the ONNX file reshaped to this input shape,
+    default (latency) hint, its own thread count, one synchronous call per batch; bf16 through its precision
+    hint, int8 on the QDQ file."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    model.reshape({model.inputs[0].get_any_name(): list(shape)})
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if dtype == "bf16" else "f32"}
+    compiled = core.compile_model(model, "CPU", config)
+    return lambda x: compiled(x.numpy())
+
+
+def _direct_onnxruntime(onnx_path: Any) -> Callable[[torch.Tensor], Any]:
+    """onnxruntime as its documentation shows: an ``InferenceSession`` with default options (all graph
+    optimisations, its own thread count)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x.numpy()})
+
+
+def _zentorch(model: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """zentorch (AMD's ZenDNN plug-in for EPYC) as its documentation shows for CNN inference:
+    ``torch.compile(model, backend="zentorch")`` on the channels_last fp32 model with inductor's freezing."""
+    import torch._inductor.config as inductor_config
+    import zentorch  # noqa: F401  (registers the backend)
+
+    compiled = torch.compile(copy.deepcopy(model).to(memory_format=torch.channels_last).eval(), backend="zentorch")
+
+    def run(x: torch.Tensor) -> Any:
+        with inductor_config.patch(freezing=True):
+            return compiled(x.contiguous(memory_format=torch.channels_last))
+
+    return run
+
+
+def direct_peer_cases(rows: _Rows, workdir: Any, log: Callable[[str], None]) -> None:
+    """The runtimes a user could call instead of :func:`res2net.optimize` (:data:`DIRECT_PEERS`), on the same
+    weights: onnxruntime and OpenVINO on our exported ONNX graph (int8: the same calibrated QDQ file), zentorch
+    on the model; a missing package is skipped with a note."""
+    from pathlib import Path
+
+    from ..runtimes import export_onnx_for_runtime, model_input_shape, quantize_onnx
+
+    s, dt = rows.setup, rows.dtype
+    onnx_path = Path(workdir) / "direct.onnx"
+    try:
+        if not onnx_path.exists():
+            export_onnx_for_runtime(s.ours, onnx_path, model_input_shape(s.ours, s.size))
+        if dt == "int8":
+            q = Path(workdir) / "direct.int8.onnx"
+            if not q.exists():
+                quantize_onnx(onnx_path, q, calibration_photos(s.size))
+            onnx_path = q
+    except Exception as exc:  # noqa: BLE001  (the bench goes on without the direct rows)
+        log(f"note: direct peers ({dt}) skipped: {type(exc).__name__}: {exc}")
+        return
+    builders = {"onnxruntime-direct": lambda: _direct_onnxruntime(onnx_path) if dt != "bf16" else None,
+                "openvino-direct": lambda: _direct_openvino(onnx_path, tuple(rows.x.shape), dt),
+                "zentorch": lambda: _zentorch(s.ours) if dt == "fp32" else None}
+    for impl, build in builders.items():
+        try:
+            run = build()
+        except ImportError as exc:
+            log(f"note: {impl} ({dt}) skipped: {exc}")
+            continue
+        if run is not None:
+            rows.add(impl, "-", "infer", run, rows.x, note="called directly")
+
+
 def training_cases(cfg: BenchConfig, rows: _Rows) -> None:
     """An SGD step of ours (channels_last; compiled; with grad checkpointing), timm's and torchvision's."""
     import torchvision
@@ -300,6 +377,8 @@ def model_cases(cfg: BenchConfig, device: torch.device, log: Callable[[str], Non
                         inference_cases(cfg, rows)
                     if cfg.infer and device.type == "cpu":
                         runtime_cases(cfg, rows, Path(tmp), log)
+                    if cfg.infer and cfg.direct_peers and device.type == "cpu":
+                        direct_peer_cases(rows, Path(tmp), log)
                     if cfg.train and dt != "int8":
                         training_cases(cfg, rows)
                     cases += rows.cases

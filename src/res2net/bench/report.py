@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import importlib.metadata
 import math
 import platform
 import statistics
@@ -164,27 +165,20 @@ def derive(results: List[Result], stages: Optional[Dict[str, Any]] = None) -> No
 
 
 def machine_info(device: torch.device) -> Dict[str, Any]:
-    """CPU/GPU model, thread count and library versions, for the record."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: Dict[str, Any] = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    """CPU/GPU model, CPU class (:mod:`res2net.hardware`, emulation caps named), threads and library versions."""
+    from ..hardware import bf16_native, detect
+
+    hw = detect()
+    info: Dict[str, Any] = {"cpu": hw.cpu.name, "cpu_class": hw.cpu.isa + (" (emulated)" if hw.cpu.emulated else ""),
+                            "cpu_native_class": hw.cpu.native_isa, "caps": dict(hw.cpu.caps),
+                            "bf16_native": bf16_native("cpu", hw), "int8_dot": hw.cpu.int8_dot,
+                            "threads": torch.get_num_threads(), "torch": torch.__version__,
                             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                             "python": platform.python_version()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    import importlib
-
-    for module in ("timm", "torchvision", "onnxruntime", "openvino"):
-        try:
-            info[module] = importlib.import_module(module).__version__
-        except ImportError:
-            pass
+    info.update({k: v for k, v in hw.runtimes.items() if v})
+    info["torchvision"] = importlib.metadata.version("torchvision")
     return info
 
 

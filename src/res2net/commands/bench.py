@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated from {','.join(RUNTIMES)}: res2net.optimize backends timed beside eager "
                         "(same weights, same threads; int8 rows run on onnxruntime/openvino)")
     p.add_argument("--no-roofline", action="store_true", help="skip the conv probes at the network's stage shapes")
+    p.add_argument("--direct-peers", action="store_true",
+                   help="add onnxruntime, OpenVINO (on our ONNX graph) and zentorch called directly, as their docs show")
     p.add_argument("--train", action="store_true", help="also time an SGD training step")
     p.add_argument("--train-only", action="store_true", help="time only the training step")
     p.add_argument("--grad-checkpointing", action="store_true", help="add our model with grad checkpointing (train)")
@@ -59,7 +61,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        compile=args.compile, grad_checkpointing=args.grad_checkpointing, repeats=args.repeats,
                        warmup=args.warmup, train_warmup=args.train_warmup, input_size=args.input_size,
                        probe_size=args.probe_size, memory=not args.no_memory, device=args.device,
-                       num_classes=args.num_classes, runtimes=args.runtimes, roofline=not args.no_roofline)
+                       num_classes=args.num_classes, runtimes=args.runtimes, roofline=not args.no_roofline,
+                       direct_peers=args.direct_peers)
 
 
 def _main(args: argparse.Namespace) -> int:
