@@ -351,7 +351,7 @@ def test_config_values_are_range_checked_with_one_line(capsys: pytest.CaptureFix
     from res2net.cli import main
 
     for args, expected in [(["--set", "optim.label_smoothing=2"], "optim.label_smoothing must be in [0, 1)"),
-                           (["--device", "cuda:abc"], "run.device must be auto, cpu, cuda or cuda:N"),
+                           (["--device", "cuda:abc"], "run.device must be auto, cpu, cuda, cuda:N or mps"),
                            (["--set", "optim.momentum=-1"], "optim.momentum must be in [0, 1]"),
                            (["--set", "sched.name=step"], "sched.name must be one of"),
                            (["--set", "optim.lr=.inf"], "optim.lr must be a finite number")]:

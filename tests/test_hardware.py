@@ -213,3 +213,18 @@ def test_env_command_prints_lines(capsys: pytest.CaptureFixture) -> None:
     assert f"cpu class: {hw.cpu.isa}" in out and f"cores usable: {hw.cores}" in out
     amp = "bf16" if bf16_native("cpu") else "off (fp32)"
     assert f"autocast {amp}" in out and "predict --backend auto: dtype" in out
+
+
+def test_predictor_device_and_dtype_are_checked_before_any_work() -> None:
+    import res2net
+
+    model = res2net.create_model("res2net17_slim", num_classes=3)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device='cuda' but CUDA is not available"):
+            res2net.Predictor(model, name="res2net17_slim", device="cuda")
+    with pytest.raises(ValueError, match="applies to a backend"):
+        res2net.Predictor(model, name="res2net17_slim", dtype="bf16")
+    with pytest.raises(ValueError, match="dtype must be auto, fp32 or bf16"):
+        res2net.Predictor(model, name="res2net17_slim", backend="eager", dtype="fp16")
+    fast = res2net.Predictor(model, name="res2net17_slim", backend="eager")  # dtype auto: the hardware's choice
+    assert fast.model.dtype == (torch.bfloat16 if bf16_native("cpu") else torch.float32)

@@ -59,10 +59,11 @@ _ONEDNN_ORDER = list(_ONEDNN_CAP)
 # inference runtimes and tools: distribution name -> what it is for
 RUNTIMES: Dict[str, str] = {"onnxruntime": "ONNX runtime", "openvino": "OpenVINO", "zentorch": "AMD ZenDNN plug-in",
                             "onnx": "ONNX export", "onnxscript": "ONNX export", "timm": "peer models"}
-# training slow-down of bf16 autocast against fp32 without native bf16 (res2net17_slim, batch 128, 28 px,
-# measured on Zen 3 and emulated AVX2 on Zen 4: docs/BENCHMARKS.md "CPU classes")
+# slow-down of bf16 against fp32 without native bf16, measured on Zen 3 and emulated AVX2 on Zen 4
+# (docs/BENCHMARKS.md "CPU classes"): training, res2net17_slim batch 128 at 28 px (autocast); inference,
+# res2net50_26w_4s batch 1 on the fused eager path
 EMULATED_BF16_SLOWDOWN = "7-8x"
-EMULATED_BF16_INFER_SLOWDOWN = "TBDx"
+EMULATED_BF16_INFER_SLOWDOWN = "about 5x"
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from .common import command_line, positive_int
 
 
 def _device(name: str) -> torch.device:
-    from ..engine import select_device
+    from ..hardware import select_device
 
-    return select_device(name)
+    return select_device(name, what="--device")
 
 
 # ---- complexity ----------------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--warmup", type=int, default=3, help="untimed forwards before timing (default 3)")
     c.add_argument("--repeats", type=positive_int, default=10, help="timed forwards; the median is kept (default 10)")
     c.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (reported as NaN)")
-    c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--json", action="store_true", help="print the rows as JSON (the --json schema of issue 4)")
     c.add_argument("--out", metavar="DIR", help="also write report.md, complexity.{json,csv,png} there")
     c.set_defaults(func=cmd_complexity)
@@ -238,7 +238,7 @@ def register_ablation(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--epochs", type=positive_int, help="epochs per run (default: the budget's)")
     a.add_argument("--train-subset", type=positive_int, metavar="N", help="training images (default: the budget's)")
     a.add_argument("--test-subset", type=positive_int, metavar="N", help="test images (default: the budget's)")
-    a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="engine/recipe override for every run, e.g. --set optim.lr=0.1 (repeatable)")
     a.add_argument("--out", default="runs/ablation", metavar="DIR", help="report folder and results store")

@@ -48,7 +48,7 @@ def add_engine_args(parser: argparse.ArgumentParser, default_config: str) -> Non
     g.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                    help="also checkpoint every STEPS optimizer steps (run.checkpoint_every)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bars (run.quiet)")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (run.device)")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (run.device)")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype (run.amp)")
     g.add_argument("--workers", type=int, help="DataLoader worker processes (run.workers)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",

@@ -206,7 +206,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--data-dir", help="data folder")
     e.add_argument("--test-subset", type=positive_int, metavar="N", help="evaluate a random N images")
     e.add_argument("--batch-size", type=positive_int)
-    e.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--workers", type=int, help="DataLoader worker processes")
     e.add_argument("--out", help="JSON file to write (default: <checkpoint>.eval.json)")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",

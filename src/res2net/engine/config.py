@@ -94,7 +94,7 @@ class RunConfig:
     checkpoint_every: int = at_least(0, 0)  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
     log_every: int = at_least(20, 1)  # steps between JSONL step records
     eval_every: int = at_least(1, 1)  # epochs between evaluations (the last epoch is always evaluated)
-    # DataLoader worker processes (0: load in the main process; null: one per usable core beyond the first, <= 4)
+    # DataLoader worker processes (0: load in the main process; null: one per usable core beyond the first, <= 8)
     workers: Optional[int] = at_least(None, 0)
     num_threads: int = at_least(0, 0)  # torch CPU threads (0: torch's, lowered to the usable cores: cgroup quota)
     quiet: bool = False
