@@ -57,8 +57,7 @@ _ATEN_CAP: Dict[str, str] = {"DEFAULT": "sse", "AVX2": "avx2", "AVX512": "amx"}
 _VNNI_CAP = {"avx512_vnni": "AVX512_CORE_VNNI", "avx_vnni": "AVX2_VNNI", "amx_int8": "AVX512_CORE_AMX"}
 _ONEDNN_ORDER = list(_ONEDNN_CAP)
 # inference runtimes and tools: distribution name -> what it is for
-RUNTIMES: Dict[str, str] = {"onnxruntime": "ONNX runtime", "openvino": "OpenVINO", "zentorch": "AMD ZenDNN plug-in",
-                            "onnx": "ONNX export", "onnxscript": "ONNX export", "timm": "peer models"}
+RUNTIMES: Tuple[str, ...] = ("onnxruntime", "openvino", "zentorch", "onnx", "onnxscript", "timm")
 # slow-down of bf16 against fp32 without native bf16, measured on Zen 3 and emulated AVX2 on Zen 4
 # (docs/BENCHMARKS.md "CPU classes"): training, res2net17_slim batch 128 at 28 px (autocast); inference,
 # res2net50_26w_4s batch 1 on the fused eager path
@@ -365,11 +364,10 @@ def default_dtype(device: Union[str, torch.device] = "cpu", hw: Optional[Hardwar
     """('bf16' | 'fp32', why) for inference with ``dtype="auto"`` on ``device``."""
     hw = hw or detect()
     device = torch.device(device)
-    if bf16_native(device, hw):
-        return "bf16", f"{device.type} with native bf16" + (f" (CPU class {hw.cpu.isa})" if device.type == "cpu"
-                                                              else "")
-    return "fp32", f"{device.type} without native bf16" + (f" (CPU class {hw.cpu.isa})" if device.type == "cpu"
-                                                             else "")
+    native = bf16_native(device, hw)
+    where = f"{device.type} {'with' if native else 'without'} native bf16" + \
+        (f" (CPU class {hw.cpu.isa})" if device.type == "cpu" else "")
+    return ("bf16" if native else "fp32"), where
 
 
 def check_dtype(dtype: str, device: Union[str, torch.device] = "cpu", what: str = "dtype",

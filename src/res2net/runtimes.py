@@ -23,7 +23,6 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -102,7 +101,7 @@ def available_backends(dtype: Union[torch.dtype, str] = "fp32") -> List[str]:
     for backend in BACKENDS:
         if name not in SUPPORTED[backend]:
             continue
-        if backend == "inductor" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("cc")):
+        if backend == "inductor" and not detect().compiler:
             continue
         needs = {"onnxruntime": ["onnxruntime", "onnx", "onnxscript"],
                  "openvino": ["openvino", "onnx", "onnxscript"] + (["onnxruntime"] if name == "int8" else [])
