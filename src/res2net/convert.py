@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -24,6 +23,7 @@ from torch import Tensor
 
 from . import layouts
 from .errors import CheckpointError
+from .files import atomic_write
 from .models import create_model, get_spec
 from .models.registry import ModelSpec
 from .weights import read_checkpoint, unwrap_state_dict
@@ -215,10 +215,7 @@ def convert_checkpoint(src: PathLike, dst: PathLike, to: str, model: Optional[st
                            absent=[k for k in layouts.official_shapes(name) if k not in official])
 
     # the temporary file keeps the format's suffix: the readers choose by suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst_path.name}.", suffix=f".tmp.{fmt}", dir=dst_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(dst_path, suffix=f".{fmt}") as tmp:
         _write(converted, tmp, fmt, {"layout": to, "model": name, "format": "pt"})
         written = read_state_dict(tmp)
         report.verified_against = verify_layout(written, name, to)
@@ -228,10 +225,6 @@ def convert_checkpoint(src: PathLike, dst: PathLike, to: str, model: Optional[st
         if bad:
             raise CheckpointError(f"converting the written file back does not give the source tensors "
                                   f"({len(bad)} differ, e.g. {', '.join(bad[:3])}); {str(dst_path)!r} not written")
-        os.replace(tmp, dst_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return report
 
 

@@ -16,7 +16,6 @@ thousands (float32 rounding then alone gives differences of ~1e-3; 5e-7 of the o
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .extras import require
+from .files import publish
 from .onnxio import (DEFAULT_OPSET, EXPORTERS, MIN_OPSET, MIN_OPSET_DYNAMO, ExportError, check_outputs,
                      real_input, write_onnx)
 
@@ -162,11 +162,8 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
         else:
             diffs = _write_openvino(model, sample, tmp, opset, exporter, inputs, calibration if int8 else None)
             written = [tmp.with_suffix(".bin"), tmp]  # the .bin first: an .xml never points at a missing .bin
-        umask = os.umask(0)
-        os.umask(umask)
         for path in written:
-            os.chmod(path, 0o666 & ~umask)  # temporary files may be created 0600; give the usual mode
-            os.replace(path, out.with_suffix(path.suffix) if fmt == "openvino" else out)
+            publish(path, out.with_suffix(path.suffix) if fmt == "openvino" else out)
     return diffs
 
 

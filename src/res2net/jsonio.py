@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, List, Tuple, Union
 
+from .files import atomic_write
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -57,17 +59,10 @@ def dumps_strict(obj: Any, indent: int | None = 2) -> str:
 def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as strict JSON (see :func:`dumps_strict`) to ``path`` atomically (temp file, rename);
     an interrupted write leaves no temp file and the previous file intact."""
-    path = Path(path)
     text = dumps_strict(obj, indent)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_text(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def jsonl_line(record: Any) -> str:

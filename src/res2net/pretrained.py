@@ -18,7 +18,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 
 from .data.preprocessing import Preprocessing
 from .errors import CheckpointError, Res2NetError
+from .files import atomic_write
 from .models import registry
 from .weights import (HASH_IN_NAME, card_preprocessing, describe_checkpoint, load_state_dict_strict, read_checkpoint,
                       sha256_of, state_dict_shape, to_our_layout, unwrap_state_dict)
@@ -408,27 +408,10 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], name: str, *,
                      "classes": classes, "in_chans": in_chans, "preprocessing": prep.to_dict(),
                      "metrics": dict(metrics or {}), "command": command, "data": data},
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=str(folder.parent)))
-    try:
+    with atomic_write(folder, directory=True) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "model": spec.name})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str, allow_nan=False) + "\n")
         (tmp / "README.md").write_text(model_card_text(spec.name, classes, prep, metrics, command, licence, data))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        for f in tmp.iterdir() if tmp.exists() else ():
-            f.unlink()
-        if tmp.exists():
-            tmp.rmdir()
-        raise
     return folder
 
 

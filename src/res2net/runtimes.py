@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError, Res2NetError
 from .extras import MissingExtraError, require
+from .files import atomic_write
 from .hardware import bf16_native, detect
 
 __all__ = ["AUTO", "BACKENDS", "DTYPES", "BackendNotInstalled", "RuntimeModel", "available_backends",
@@ -522,10 +523,8 @@ def _store_cache(key: str, entry: Dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _load_cache()
         data[key] = entry
-        fd, tmp = tempfile.mkstemp(prefix=".backend_choice.", dir=str(path.parent))
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1))
     except OSError as exc:  # a read-only home: the in-memory cache still holds the choice
         warnings.warn(f"backend choice not cached in {path}: {exc}", RuntimeWarning, stacklevel=3)
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..files import atomic_write
 from ..weights import read_checkpoint as load_checkpoint  # the one checkpoint reader (weights_only / safetensors)
 
 PathLike = Union[str, os.PathLike]
@@ -33,27 +34,16 @@ def save_atomic(obj: Dict[str, Any], path: PathLike, keep_previous: bool = True)
     except OSError as exc:
         raise CheckpointError(f"could not write checkpoint {path}: cannot create its folder "
                               f"({exc.strerror or exc})") from None
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    replaced = False
+    full = False
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
-        os.replace(tmp, path)
-        replaced = True
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_write(path, keep_previous=previous_path(path) if keep_previous else None) as tmp:
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(obj, f)
+            except BaseException:
+                full = _nearly_full(path.parent)  # measured before the temp file goes: torch hides ENOSPC
+                raise
     except BaseException as exc:
-        full = _nearly_full(path.parent)  # measured before the temp file goes: torch hides ENOSPC
-        tmp.unlink(missing_ok=True)
-        if replaced and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            return path  # the rename happened; only the folder's fsync failed
         kept = ("the previous checkpoint is kept" if path.exists() or previous_path(path).exists()
                 else "no earlier checkpoint exists")
         if isinstance(exc, KeyboardInterrupt):

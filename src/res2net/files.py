@@ -1,0 +1,122 @@
+"""Writing files so that no reader ever sees half of one: the package's one atomic writer.
+
+Every file or folder the package writes (checkpoints, converted weights, exported models, ``save_pretrained``
+folders, JSON reports, the backend cache) is first written to a temporary path beside its destination and then
+renamed over it by :func:`publish`, the only place that calls :func:`os.replace`. An interrupted write leaves the
+previous file intact and no temporary behind. Published files get the usual mode (``0o666 & ~umask``; folders
+``0o777 & ~umask``), not the 0600 of a temporary file, so a folder meant to be shared can be read by others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["atomic_write", "publish", "usual_mode"]
+
+
+def usual_mode(directory: bool = False) -> int:
+    """The mode a new file (or folder) gets under this process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or every file directly in a folder, and the folder) to the disk."""
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; a file system that cannot fsync a folder is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def publish(tmp: PathLike, dest: PathLike, keep_previous: Optional[PathLike] = None) -> Path:
+    """Rename the finished temporary ``tmp`` (a file or a folder, in ``dest``'s folder) over ``dest``.
+
+    Args:
+        tmp: the written temporary; it is flushed to the disk and given the usual mode first.
+        dest: the destination; an existing folder there is swapped out and removed only after the rename.
+        keep_previous: where an existing ``dest`` file goes first (e.g. ``last.prev.pt``), so that a readable
+            file exists at every moment.
+
+    Returns:
+        ``dest`` as a Path.
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    _fsync(tmp)
+    os.chmod(tmp, usual_mode(tmp.is_dir()))
+    if tmp.is_dir():
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, usual_mode())
+    old: Optional[Path] = None
+    if tmp.is_dir() and dest.is_dir():
+        old = dest.with_name(f".{dest.name}.old{os.getpid()}")
+        os.replace(dest, old)
+    elif keep_previous is not None and dest.exists():
+        os.replace(dest, keep_previous)
+    os.replace(tmp, dest)
+    _fsync_folder(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+@contextmanager
+def atomic_write(dest: PathLike, suffix: str = "", directory: bool = False,
+                 keep_previous: Optional[PathLike] = None) -> Iterator[Path]:
+    """A temporary path beside ``dest`` to write to; published over ``dest`` when the block ends normally.
+
+    Args:
+        dest: the file (or folder) to produce; its parent folder is created when missing.
+        suffix: the temporary's suffix (readers that choose by suffix, e.g. ``.safetensors``).
+        directory: yield an empty temporary folder instead of a file path.
+        keep_previous: passed to :func:`publish`.
+
+    Yields:
+        The temporary path. On any exception (Ctrl-C included) it is removed and ``dest`` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        publish(tmp, dest, keep_previous)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
