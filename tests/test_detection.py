@@ -121,7 +121,7 @@ def test_perfect_detections_score_one(val_scenes):
 
 def test_frozen_layers_really_frozen():
     torch.manual_seed(0)
-    cfg = DetectionModelConfig(name="res2net50_26w_4s", trainable_layers=3, norm="frozen",
+    cfg = DetectionModelConfig(name="res2net50_26w_4s", frozen_stages=1, norm="frozen",
                                rpn_batch_size_per_image=32, box_batch_size_per_image=32)
     model = build_detector(cfg, num_classes=3, image_size=64)
     body = model.backbone.body
@@ -180,15 +180,24 @@ def test_default_heads_have_torchvisions_layout(head):
         build_detector(DetectionModelConfig(name="res2net26_lite", anchor_scales=0), num_classes=5, image_size=128)
 
 
-def test_trainable_layers_out_of_range():
+def test_frozen_stages_out_of_range_and_the_older_trainable_layers():
+    with pytest.raises(ValueError, match="frozen_stages must be in \\[-1, 4\\]"):
+        build_detector(DetectionModelConfig(frozen_stages=5), num_classes=3, image_size=64)
     with pytest.raises(ValueError, match="trainable_layers must be in \\[0, 5\\]"):
         build_detector(DetectionModelConfig(trainable_layers=6), num_classes=3, image_size=64)
+    with pytest.raises(ValueError, match="name the same setting"):
+        build_detector(DetectionModelConfig(trainable_layers=3, frozen_stages=1), num_classes=3, image_size=64)
+    with pytest.warns(FutureWarning, match="model.trainable_layers=3 is now model.frozen_stages=1"):
+        old = build_detector(DetectionModelConfig(trainable_layers=3), num_classes=3, image_size=64)
+    new = build_detector(DetectionModelConfig(frozen_stages=1), num_classes=3, image_size=64)
+    assert ([n for n, p in old.named_parameters() if p.requires_grad]
+            == [n for n, p in new.named_parameters() if p.requires_grad])
 
 
 @pytest.mark.slow
 def test_detect_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    common = ["--data", "synthetic", "--steps", "1", "--batch-size", "2", "--image-size", "64", "--quiet",
+    common = ["--data", "synthetic", "--steps", "1", "--batch-size", "2", "--input-size", "64", "--quiet",
               "--set", "data.synthetic_train=4", "--set", "data.synthetic_val=2",
               "--set", "model.rpn_batch_size_per_image=32", "--set", "model.box_batch_size_per_image=32"]
     assert main(["detect", "train", "--head", "mask", "--out", str(out)] + common) == 0

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 from res2net.engine import (Context, OptimConfig, ResumableBatchSampler, RunConfig, SchedConfig, Task,
                             TrainingDiverged, load_checkpoint, load_config, load_latest, save_atomic)
 from res2net.engine.checkpoint import previous_path
-from res2net.engine.config import recipe_names
+from res2net.engine.config import from_dict, recipe_names
 from res2net.errors import CheckpointError, ConfigError
 
 
@@ -232,3 +232,23 @@ def test_section_defaults_declared_by_a_task_survive_overrides():
 
     cfg = load_config(Schema, None, ["optim.batch_size=8"])
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.batch_size) == ("adamw", 1e-3, 8)
+
+
+def test_renamed_config_keys_are_still_read_with_a_note_and_never_both() -> None:
+    """Old key names (``data.data_dir``, ``model.freeze_stages``, ``data.image_size``) mean their new key, say
+    so in one line, and are refused beside the new name; a checkpoint's old config compares under new names."""
+    from res2net.engine.config import current_key_names
+    from res2net.tasks.classification.config import ClassificationConfig
+    from res2net.tasks.segmentation import SegmentationConfig
+
+    with pytest.warns(FutureWarning, match="'data.data_dir' is now 'data.root'"):
+        cfg = load_config(ClassificationConfig, "fashion_mnist", ["data.data_dir=/x", "model.freeze_stages=2"])
+    assert (cfg.data.root, cfg.model.frozen_stages) == ("/x", 2)
+    cfg = load_config(ClassificationConfig, None, ["data.data_dir=/old", "data.root=/new"])
+    assert cfg.data.root == "/new"  # the later setting wins, whichever name the earlier one used
+    with pytest.raises(ConfigError, match="name the same setting"):
+        from_dict(ClassificationConfig, {"data": {"data_dir": "/a", "root": "/b"}})
+    with pytest.warns(FutureWarning, match="'data.image_size' is now 'data.input_size'"):
+        assert load_config(SegmentationConfig, None, ["data.image_size=64"]).data.input_size == 64
+    assert current_key_names(ClassificationConfig, {"data": {"data_dir": "/a"}, "x": 1}) == {"data": {"root": "/a"},
+                                                                                             "x": 1}

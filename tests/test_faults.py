@@ -258,7 +258,7 @@ def test_locked_folder_is_refused(tmp_path: Path) -> None:
 @dataclass
 class DataSection:
     train_subset: int = 48
-    data_dir: str = "/data"
+    root: str = "/data"
 
 
 @dataclass
@@ -298,7 +298,7 @@ def test_resume_refuses_what_would_mix_runs(tmp_path: Path) -> None:
         with pytest.raises(error, match=pattern) as info:
             Trainer(task, cfg, out, resume=True).fit()
         assert "\n" not in str(info.value)
-    cfg = ToyDataConfig(data=DataSection(data_dir="/elsewhere"))  # where the data lives may change
+    cfg = ToyDataConfig(data=DataSection(root="/elsewhere"))  # where the data lives may change
     cfg.run.epochs, cfg.run.workers = 2, 0
     assert len(Trainer(SizedTask(), cfg, out, resume=True).fit().history) == 2
 

@@ -214,7 +214,7 @@ def test_linear_probe_from_each_kind_of_source(tmp_path: Path, capsys: pytest.Ca
             assert torch.equal(got[key], state[key]), key
         assert got["fc.weight"].shape == (5, state["fc.weight"].shape[1])
     # our run folder (its pretrained/ folder, 1 channel, 5 classes of the same data): the classifier is kept
-    assert main(["train", *FT, "--pretrained", str(tmp_path / "st" / MODEL), "--freeze-stages", "3",
+    assert main(["train", *FT, "--pretrained", str(tmp_path / "st" / MODEL), "--frozen-stages", "3",
                  "--out", str(tmp_path / "again")]) == 0
     assert "classifier kept" in capsys.readouterr().err
     # a file of another architecture: its missing/unexpected keys, exit 2
@@ -222,7 +222,7 @@ def test_linear_probe_from_each_kind_of_source(tmp_path: Path, capsys: pytest.Ca
     assert main(["train", *FT, "--pretrained", str(tmp_path / "other.pth"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "other.pth does not fit res2net17_slim" in err and "shape mismatches" in err
-    assert main(["train", *FT, "--freeze-stages", "7", "--out", str(tmp_path / "y")]) == 2
+    assert main(["train", *FT, "--frozen-stages", "7", "--out", str(tmp_path / "y")]) == 2
     assert "[-1, 3]" in capsys.readouterr().err
 
 

@@ -63,7 +63,7 @@ def test_dss_outputs_and_deep_supervision():
 def test_saliency_cli_end_to_end(tmp_path):
     out = tmp_path / "run"
     assert main(["saliency", "train", "--model", "res2net50_26w_4s", "--data", "synthetic", "--steps", "1",
-                 "--batch-size", "2", "--image-size", "64", "--quiet", "--out", str(out),
+                 "--batch-size", "2", "--input-size", "64", "--quiet", "--out", str(out),
                  "--set", "data.synthetic_train=4", "--set", "data.synthetic_val=2",
                  "--set", "model.side_channels=16"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -89,7 +89,7 @@ def test_saliency_train_under_torchrun_two_cpu_processes(tmp_path):
     out = tmp_path / "run"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "res2net.cli", "saliency", "train",
            "--model", "res2net26_lite", "--data", "synthetic", "--steps", "2", "--batch-size", "2",
-           "--image-size", "64", "--quiet", "--out", str(out), "--set", "data.synthetic_train=8",
+           "--input-size", "64", "--quiet", "--out", str(out), "--set", "data.synthetic_train=8",
            "--set", "data.synthetic_val=2", "--set", "model.side_channels=16"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -111,7 +111,7 @@ def test_steps_count_global_batches_from_the_trainers_dist_info(tmp_path):
     from res2net.tasks.saliency import SaliencyConfig, SaliencyTask
 
     cfg = load_config(SaliencyConfig, None, ["data.synthetic=true", "data.steps=3", "optim.batch_size=2",
-                                             "data.synthetic_train=4", "data.synthetic_val=2", "data.image_size=32"])
+                                             "data.synthetic_train=4", "data.synthetic_val=2", "data.input_size=32"])
     other_rank = SaliencyTask(cfg, tmp_path)
     other_rank.dist = DistInfo(rank=1, world_size=4)
     # rank 1 waits for rank 0's scenes: none were written
@@ -130,13 +130,13 @@ def test_steps_count_global_batches_from_the_trainers_dist_info(tmp_path):
 
 def test_dense_config_bounds_hold_in_the_task_subclasses(capsys):
     """DenseRunConfig / DenseOptimConfig only change defaults: the engine's bounds still apply to them, and the
-    dense data keys have their own (image_size >= 32, steps >= 0)."""
+    dense data keys have their own (input_size >= 32, steps >= 0)."""
     from res2net.engine import load_config
     from res2net.errors import ConfigError
     from res2net.tasks.saliency import SaliencyConfig
 
     for override, message in (("run.epochs=0", "run.epochs must be >= 1"), ("optim.batch_size=0", "optim.batch_size"),
-                              ("data.image_size=16", "data.image_size must be >= 32"), ("data.steps=-1", "data.steps")):
+                              ("data.input_size=16", "data.input_size must be >= 32"), ("data.steps=-1", "data.steps")):
         with pytest.raises(ConfigError, match=message):
             load_config(SaliencyConfig, None, [override])
     with pytest.raises(SystemExit) as exit_info:  # argparse rejects it before any work

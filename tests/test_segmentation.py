@@ -59,8 +59,8 @@ def test_deeplab_structure():
 def test_segment_cli_end_to_end(tmp_path):
     out = tmp_path / "run"
     args = ["segment", "train", "--model", "resnet50", "--data", "synthetic", "--steps", "1", "--batch-size", "2",
-            "--image-size", "64", "--quiet", "--out", str(out), "--set", "data.synthetic_train=4",
-            "--set", "data.synthetic_val=2", "--trainable-layers", "3"]
+            "--input-size", "64", "--quiet", "--out", str(out), "--set", "data.synthetic_train=4",
+            "--set", "data.synthetic_val=2", "--frozen-stages", "1"]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"miou", "pixel_acc", "per_class_iou"}

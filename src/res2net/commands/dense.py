@@ -71,8 +71,9 @@ def build_config(schema: Type[Any], args: argparse.Namespace, extra: Dict[str, A
     """Schema defaults <- ``--config`` recipe <- flags <- ``--set``."""
     values = engine_values(args)
     values.update({"model.name": args.model, "data.root": args.data_dir, "data.steps": args.steps,
-                   "data.image_size": args.image_size, "model.pretrained": args.pretrained,
-                   "model.trainable_layers": args.trainable_layers, "model.norm": args.norm})
+                   "data.input_size": args.input_size, "model.pretrained": args.pretrained,
+                   "model.frozen_stages": args.frozen_stages, "model.trainable_layers": args.trainable_layers,
+                   "model.norm": args.norm})
     if args.data is not None:
         values["data.synthetic"] = args.data == "synthetic"
     if args.steps is not None and args.epochs is None:
@@ -145,11 +146,15 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str, default_model: s
     if kind == "train":
         parser.add_argument("--model", help=f"backbone: any zoo model (default {default_model})")
         parser.add_argument("--pretrained", help="'official' or a checkpoint path/URL for the backbone")
-        parser.add_argument("--trainable-layers", type=int, help="backbone stages trained from the top "
-                                                                  "(torchvision semantics; 5 = all)")
+        parser.add_argument("--frozen-stages", type=int, metavar="N",
+                            help="freeze the backbone's stem and stages 1..N (model.frozen_stages; -1: none)")
+        parser.add_argument("--trainable-layers", type=int, metavar="K",
+                            help="the older form: backbone stages trained from the top (torchvision semantics; "
+                                 "5 = all of a ResNet)")
         parser.add_argument("--norm", choices=NORMS, help="backbone norm: BatchNorm or FrozenBatchNorm2d")
         parser.add_argument("--steps", type=positive_int, help="train exactly this many optimizer steps (one epoch)")
-        parser.add_argument("--image-size", type=positive_int, help="input size (data.image_size)")
+        parser.add_argument("--input-size", "--image-size", type=positive_int, metavar="N",
+                            help="input size (data.input_size)")
         add_engine_args(parser, default_config="")
     else:
         parser.add_argument("--checkpoint", required=True, help="a train run's best.pt or last.pt")

@@ -27,9 +27,9 @@ from ..tasks.classification.seeds import seed_statistics, seeds_plot
 from ..weights import describe_checkpoint, model_from_checkpoint
 from .common import add_engine_args, command_line, engine_values, positive_int
 
-TASK_FLAGS = {"model": "model.names", "dataset": "data.dataset", "data_dir": "data.data_dir",
+TASK_FLAGS = {"model": "model.names", "dataset": "data.dataset", "data_dir": "data.root",
               "train_subset": "data.train_subset", "pretrained": "model.pretrained",
-              "freeze_stages": "model.freeze_stages", "linear_probe": "model.linear_probe"}
+              "frozen_stages": "model.frozen_stages", "linear_probe": "model.linear_probe"}
 
 
 def train_config(args: argparse.Namespace) -> ClassificationConfig:
@@ -142,7 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for key in ("train_subset", "test_subset"):
         data_values.pop(key, None)
     values = {f"data.{k}": v for k, v in data_values.items()}
-    flags = {"data.dataset": args.dataset, "data.data_dir": args.data_dir, "data.test_subset": args.test_subset,
+    flags = {"data.dataset": args.dataset, "data.root": args.data_dir, "data.test_subset": args.test_subset,
              "optim.batch_size": args.batch_size, "run.device": args.device, "run.workers": args.workers}
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_config(ClassificationConfig, None, args.overrides, values)
@@ -188,8 +188,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", metavar="SRC",
                    help="fine-tune from weights: official, a .pth/.bin/.safetensors path or URL, hf-hub:ORG/REPO, or "
                         "a run folder (model.pretrained); use --config finetune for the fine-tuning recipe")
-    p.add_argument("--freeze-stages", type=int, metavar="N",
-                   help="freeze the stem and stages 1..N, their BatchNorm statistics too (model.freeze_stages)")
+    p.add_argument("--frozen-stages", "--freeze-stages", type=int, metavar="N",
+                   help="freeze the stem and stages 1..N, their BatchNorm statistics too (model.frozen_stages)")
     p.add_argument("--linear-probe", action="store_true", default=None,
                    help="train the classifier only (model.linear_probe)")
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N",

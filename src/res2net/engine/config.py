@@ -16,6 +16,7 @@ import dataclasses
 import math
 import re
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Type, TypeVar, Union
@@ -161,7 +162,7 @@ def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "", base: 
         raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
     types = _fields(schema)
     kwargs: Dict[str, Any] = {}
-    for key, value in data.items():
+    for key, value in _renamed_keys(schema, data, prefix).items():
         full = prefix + str(key)
         if key not in types:
             raise ConfigError(f"unknown config key {full!r}; allowed: {', '.join(prefix + k for k in types)}")
@@ -173,6 +174,42 @@ def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "", base: 
             kwargs[key] = _coerce(full, tp, value)
             _check_value(full, kwargs[key], _field_meta(schema, key))
     return dataclasses.replace(base, **kwargs) if base is not None else schema(**kwargs)
+
+
+def renamed_key(schema: Type[Any], key: str, prefix: str = "") -> str:
+    """The current name of ``key`` in ``schema``: a section lists its old key names in a ``RENAMED`` class
+    attribute (``{"data_dir": "root"}``); an old name gets a one-line note naming the new key."""
+    new = getattr(schema, "RENAMED", {}).get(key)
+    if new is None:
+        return key
+    warnings.warn(f"config key {prefix + key!r} is now {prefix + new!r} (the old key still works)", FutureWarning,
+                  stacklevel=2)
+    return new
+
+
+def _renamed_keys(schema: Type[Any], data: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+    """``data`` with old key names replaced by the current ones; an old and a new name together are refused."""
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        new = renamed_key(schema, str(key), prefix)
+        if new in out:
+            raise ConfigError(f"config keys {prefix + str(key)!r} and {prefix + new!r} name the same setting; "
+                              f"keep {prefix + new!r}")
+        out[new] = value
+    return out
+
+
+def current_key_names(schema: Type[Any], data: Mapping[str, Any]) -> Dict[str, Any]:
+    """A config mapping written by an older version (e.g. a checkpoint's) with its renamed keys under their
+    current names, silently (what :func:`renamed_key` maps); unknown keys are kept as they are."""
+    types = _fields(schema)
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        key = getattr(schema, "RENAMED", {}).get(key, key)
+        tp = types.get(key)
+        out[key] = (current_key_names(tp, value) if tp is not None and dataclasses.is_dataclass(tp)
+                    and isinstance(value, Mapping) else value)
+    return out
 
 
 def _field_meta(schema: Type[Any], name: str) -> Mapping[str, Any]:
@@ -231,7 +268,9 @@ def set_key(data: Dict[str, Any], schema: Type[Any], dotted: str, value: Any) ->
         if not isinstance(node.get(part), dict):
             node[part] = {}
         node = node[part]
-    last = parts[-1]
+    last = renamed_key(tp, parts[-1], prefix)
+    for old_name in [k for k, v in getattr(tp, "RENAMED", {}).items() if v == last]:
+        node.pop(old_name, None)  # the later setting wins, whichever name the earlier one used
     types = _fields(tp)
     if last not in types:
         raise ConfigError(f"unknown config key {dotted!r}; allowed: {', '.join(prefix + k for k in types)}")

@@ -29,7 +29,7 @@ from ..errors import CheckpointError, ConfigError, Res2NetError
 from ..hardware import default_workers, limit_threads, select_device
 from ..weights import load_state_dict_strict
 from .checkpoint import load_latest, previous_path, rng_state, save_atomic, set_rng_state
-from .config import OptimConfig, RunConfig, SchedConfig, to_dict
+from .config import OptimConfig, RunConfig, SchedConfig, current_key_names, to_dict
 from .distributed import (DistInfo, agree, all_reduce_mean, barrier, broadcast_buffers, broadcast_object, cleanup,
                           init_distributed, select_amp, under_torchrun)
 from ..jsonio import jsonl_line
@@ -85,7 +85,7 @@ class Task(ABC):
     dist: DistInfo = DistInfo()
     # config keys (dotted) a resume may change without notice, besides the engine's RESUME_FREE_KEYS: where
     # the data lives, not what it is
-    resume_free_keys: Tuple[str, ...] = ("data.data_dir", "data.download")
+    resume_free_keys: Tuple[str, ...] = ("data.root", "data.download")
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -456,7 +456,8 @@ class Trainer:
             raise Res2NetError(f"{where} was written by {saved_world} process(es); resume with the same number "
                                f"(now {self.dist.world_size})")
         free = set(RESUME_FREE_KEYS) | set(self.task.resume_free_keys)
-        saved_cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
+        saved = state.get("config")
+        saved_cfg = current_key_names(type(self.cfg), saved) if isinstance(saved, dict) else {}
         now_cfg = to_dict(self.cfg)
         changed = [k for k in config_changes(saved_cfg, now_cfg) if k not in free]
 

@@ -144,7 +144,7 @@ def train_run(run: Run, dataset: str, budget: Budget, run_dir: Path, overrides: 
     from ..tasks.classification import ClassificationConfig, ClassificationTask, load_data
 
     variant = VARIANTS[run.variant]
-    values: Dict[str, Any] = {"data.dataset": dataset, "data.data_dir": data_dir, "run.epochs": budget.epochs,
+    values: Dict[str, Any] = {"data.dataset": dataset, "data.root": data_dir, "run.epochs": budget.epochs,
                               "data.train_subset": budget.train_subset, "data.test_subset": budget.test_subset,
                               "run.seed": run.seed, "run.quiet": True, "run.device": device,
                               "run.eval_every": budget.epochs,  # only the final accuracy is used

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Type
+from typing import Any, ClassVar, Dict, List, Optional, Type
 
 from ..engine import OptimConfig, RunConfig, SchedConfig
 from ..engine.config import at_least
@@ -19,7 +19,10 @@ class DenseModelConfig:
 
     name: str = "res2net50_26w_4s"
     pretrained: str = ""  # "" = random init, "official" = the zoo's checkpoint, or a path / URL
-    trainable_layers: int = 5  # torchvision semantics: stages trained from the top (5 = all, stem included)
+    frozen_stages: int = at_least(-1, -1)  # as `res2net train`: stem and stages 1..N frozen (-1: none)
+    # the older name of the setting, in torchvision's semantics (K top stages trained; stages + 1 = all, stem
+    # included); still read, with a note naming model.frozen_stages
+    trainable_layers: Optional[int] = at_least(None, 0)
     norm: str = "bn"  # bn | frozen (torchvision FrozenBatchNorm2d)
 
 
@@ -27,9 +30,11 @@ class DenseModelConfig:
 class DenseDataConfig:
     """Where the data comes from. ``synthetic``: generated scenes written to ``<out>/data`` (or ``root``)."""
 
+    RENAMED: ClassVar[Dict[str, str]] = {"image_size": "input_size"}
+
     synthetic: bool = False
     root: str = ""
-    image_size: int = at_least(128, 32)  # training/eval resize (segmentation, saliency) or detector min/max size
+    input_size: int = at_least(128, 32)  # training/eval resize (segmentation, saliency) or detector min/max size
     train_split: str = "train"
     val_split: str = "val"
     synthetic_train: int = at_least(200, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -22,19 +23,31 @@ from ..pretrained import create_model
 from .dense_config import NORMS, DenseModelConfig
 
 
-def frozen_stages_for(trainable_layers: int, n_stages: int) -> int:
-    """torchvision's ``trainable_layers`` (k top stages trainable; n + 1 = the stem too) as mmdetection's
-    ``frozen_stages`` (stem and the first k stages frozen; -1 = nothing)."""
-    if not 0 <= trainable_layers <= n_stages + 1:
+def frozen_stages_for(cfg: DenseModelConfig, n_stages: int) -> int:
+    """``model.frozen_stages`` (stem and stages 1..N frozen; -1: nothing), or the older
+    ``model.trainable_layers`` in torchvision's semantics (K top stages trained; ``n_stages + 1``: the stem too)
+    turned into it, with a note naming the new key."""
+    if cfg.trainable_layers is None:
+        if cfg.frozen_stages > n_stages:
+            raise ConfigError(f"model.frozen_stages must be in [-1, {n_stages}] for this backbone, "
+                              f"got {cfg.frozen_stages}")
+        return cfg.frozen_stages
+    if cfg.frozen_stages != -1:
+        raise ConfigError("model.trainable_layers and model.frozen_stages name the same setting; keep "
+                          "model.frozen_stages")
+    if not 0 <= cfg.trainable_layers <= n_stages + 1:
         raise ConfigError(f"model.trainable_layers must be in [0, {n_stages + 1}] for this backbone, "
-                          f"got {trainable_layers}")
-    return n_stages - trainable_layers
+                          f"got {cfg.trainable_layers}")
+    frozen = n_stages - cfg.trainable_layers
+    warnings.warn(f"model.trainable_layers={cfg.trainable_layers} is now model.frozen_stages={frozen} (the old "
+                  f"key still works)", FutureWarning, stacklevel=2)
+    return frozen
 
 
 def build_backbone(cfg: DenseModelConfig, out_indices: Sequence[int], output_stride: Optional[int] = None
                    ) -> nn.Module:
     """A features-only zoo model: ``cfg.norm == "frozen"`` uses FrozenBatchNorm2d, the bottom stages are
-    frozen per ``cfg.trainable_layers``, ``cfg.pretrained`` loads weights."""
+    frozen per ``cfg.frozen_stages``, ``cfg.pretrained`` loads weights."""
     from torchvision.ops import FrozenBatchNorm2d
 
     if cfg.norm not in NORMS:
@@ -43,7 +56,7 @@ def build_backbone(cfg: DenseModelConfig, out_indices: Sequence[int], output_str
     model = create_model(cfg.name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices),
                          output_stride=output_stride, norm_layer=FrozenBatchNorm2d if cfg.norm == "frozen" else None)
     n_stages = len(model.stage_modules())  # 4 for ResNet-style trunks, 5 for DLA (level1..level5)
-    model.configure_backbone(frozen_stages=frozen_stages_for(cfg.trainable_layers, n_stages))
+    model.configure_backbone(frozen_stages=frozen_stages_for(cfg, n_stages))
     return model
 
 
@@ -125,13 +138,13 @@ class DenseTask(Task):
         if not d.root:  # remembered in the checkpoint's config, so eval/predict find the same scenes
             d.root = str((self.out_dir / "data").resolve())
         base = Path(d.root)
-        wanted = {"n_train": d.synthetic_train, "n_val": d.synthetic_val, "size": d.image_size,
+        wanted = {"n_train": d.synthetic_train, "n_val": d.synthetic_val, "size": d.input_size,
                   "seed": d.synthetic_seed, "generator": GENERATOR_VERSION}  # else (re)generated
         meta = base / "scenes.json"
         if self.dist.is_main:  # under torchrun rank 0 writes the scenes while the others wait
             have = json.loads(meta.read_text()) if meta.is_file() else {}
             if any(have.get(k) != v for k, v in wanted.items()) or not (base / self.data_format).is_dir():
-                generate_scenes(base, d.synthetic_train, d.synthetic_val, size=d.image_size,
+                generate_scenes(base, d.synthetic_train, d.synthetic_val, size=d.input_size,
                                 seed=d.synthetic_seed)
         barrier(self.dist)
         return base / self.data_format

@@ -237,7 +237,7 @@ class DetectionTask(DenseTask):
     def build_model(self) -> nn.Module:
         if not self.classes:
             raise ConfigError("the detector's classes are unknown: run prepare_data() first (or load a checkpoint)")
-        return build_detector(self.cfg.model, len(self.classes) + 1, self.cfg.data.image_size)
+        return build_detector(self.cfg.model, len(self.classes) + 1, self.cfg.data.input_size)
 
     def training_step(self, model: nn.Module, batch: Any, ctx: Any) -> Tuple[Tensor, Dict[str, float]]:
         images, targets = batch

@@ -4,7 +4,7 @@ Metrics follow the SOD toolkits (``pysodmetrics``) on 8-bit maps: each predictio
 min-max normalised; the ground truth is the mask binarised (> 128). Max F-measure (beta^2 = 0.3) is the
 maximum over 256 thresholds of the image-averaged F curve; adaptive F thresholds each map at
 ``min(2 * mean, 1)``; MAE is the image-averaged mean absolute error. Maps are evaluated at the data's
-``image_size`` (the validation loader resizes images and masks).
+``input_size`` (the validation loader resizes images and masks).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class SaliencyTask(DenseTask):
     def make_datasets(self, root: Path, train: bool) -> Dataset:
         split = self.cfg.data.train_split if train else self.cfg.data.val_split
         return MaskFolder(saliency_pairs(root, split), num_classes=None,
-                          transforms=dense_transforms(self.cfg.data.image_size, train), source=str(root))
+                          transforms=dense_transforms(self.cfg.data.input_size, train), source=str(root))
 
     def build_model(self) -> nn.Module:
         return DSSNet(self.cfg.model)

@@ -104,7 +104,7 @@ class SegmentationTask(DenseTask):
         check_classes(self.cfg.model.classes, self.read_classes(root), root)
         split = self.cfg.data.train_split if train else self.cfg.data.val_split
         return MaskFolder(segmentation_pairs(root, split), num_classes=len(self.classes),
-                          transforms=dense_transforms(self.cfg.data.image_size, train), source=str(root))
+                          transforms=dense_transforms(self.cfg.data.input_size, train), source=str(root))
 
     def build_model(self) -> nn.Module:
         if not self.classes:

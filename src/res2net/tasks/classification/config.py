@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, Dict, List, Optional
 
 from ...engine import OptimConfig, RunConfig, SchedConfig
 from ...engine.config import at_least, between
@@ -17,13 +17,15 @@ DEFAULT_RECIPE = "fashion_mnist"
 class ModelSection:
     """Which models to train (one after another, same recipe) and model-side regularisation."""
 
+    RENAMED: ClassVar[Dict[str, str]] = {"freeze_stages": "frozen_stages"}
+
     names: List[str] = field(default_factory=lambda: ["res2net50_26w_4s"])
     drop_path_rate: float = 0.0
     zero_init_last: bool = False
     # fine-tuning: start from these weights ("" = random init; "official", a path, URL, hf-hub:ORG/REPO or a run
     # folder); the backbone loads strictly, the classifier is replaced for the data's classes
     pretrained: str = ""
-    freeze_stages: int = at_least(-1, -1)  # mmdetection semantics: stem and stages 1..N frozen (-1: none)
+    frozen_stages: int = at_least(-1, -1)  # mmdetection semantics: stem and stages 1..N frozen (-1: none)
     linear_probe: bool = False  # train the classifier only (stem and every stage frozen)
 
 
@@ -31,8 +33,10 @@ class ModelSection:
 class DataSection:
     """Where the images come from and how they are augmented."""
 
+    RENAMED: ClassVar[Dict[str, str]] = {"data_dir": "root"}
+
     dataset: str = "imagefolder"  # fashion-mnist | cifar100 | imagefolder
-    data_dir: Optional[str] = None  # fashion-mnist: default /usr/share/datasets/fashion-mnist
+    root: Optional[str] = None  # fashion-mnist: default /usr/share/datasets/fashion-mnist
     train_subset: Optional[int] = at_least(None, 1)  # random subset of the training set (seeded by run.seed)
     test_subset: Optional[int] = at_least(None, 1)  # random subset of the evaluation set
     val_split: str = "val"  # imagefolder: sub-folder evaluated (class folders, or flat + <split>_labels.txt)

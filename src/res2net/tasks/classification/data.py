@@ -47,7 +47,7 @@ def _tensor_sets(dataset: str, data_dir: Optional[str], download: bool) -> Dict[
     if dataset == "fashion-mnist":
         return load_fashion_mnist(data_dir, download=download)
     if not data_dir:
-        raise ConfigError("data.data_dir (--data-dir) is required for cifar100")
+        raise ConfigError("data.root (--data-dir) is required for cifar100")
     return load_cifar100(data_dir)
 
 
@@ -62,7 +62,7 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0, card: Optional[P
                           f"got {cfg.train_scales}")
     prep = dataset_preprocessing(cfg.dataset, card or card_preprocessing(model_name), cfg.input_size)
     if cfg.dataset in NATIVE_SIZES:  # the in-memory sets
-        sets = _tensor_sets(cfg.dataset, cfg.data_dir, cfg.download)
+        sets = _tensor_sets(cfg.dataset, cfg.root, cfg.download)
         train, test = sets["train"], sets["test"]
         if cfg.classes is not None or cfg.train_per_class:
             try:
@@ -76,13 +76,13 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0, card: Optional[P
             test = test.subset(cfg.test_subset, seed)
         return ClassificationData(train, test, train.classes, train.images.shape[1],
                                   prep.for_channels(train.images.shape[1]), in_memory=True)
-    if not cfg.data_dir:
-        raise ConfigError("data.data_dir (--data-dir) is required for imagefolder: a folder with train/ and "
+    if not cfg.root:
+        raise ConfigError("data.root (--data-dir) is required for imagefolder: a folder with train/ and "
                           f"{cfg.val_split}/")
     if cfg.classes is not None or cfg.train_per_class:
         raise ConfigError("data.classes and data.train_per_class select from fashion-mnist and cifar100; for an "
                           "image folder, arrange the class folders instead")
-    root = Path(cfg.data_dir)
+    root = Path(cfg.root)
     tf = functools.partial(classification_transforms, input_size=prep.input_size, crop_pct=prep.crop_pct,
                            mean=prep.mean, std=prep.std, interpolation=prep.interpolation)
     train_files = image_folder_split(root, "train", tf(train=True))

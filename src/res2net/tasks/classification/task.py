@@ -40,7 +40,7 @@ class ClassificationTask(Task):
 
     def build_model(self) -> nn.Module:
         """The model for the data's classes and channels; with pretrained weights, the backbone loaded from them
-        (:func:`res2net.pretrained.load_for_finetuning`), and the frozen stages of ``model.freeze_stages`` /
+        (:func:`res2net.pretrained.load_for_finetuning`), and the frozen stages of ``model.frozen_stages`` /
         ``model.linear_probe`` (their BatchNorm statistics frozen too)."""
         m = self.cfg.model
         model = create_model(self.model_name, num_classes=len(self.data.classes), in_chans=self.data.in_chans,
@@ -49,12 +49,12 @@ class ClassificationTask(Task):
             for note in load_for_finetuning(model, self.model_name, self.weights, self.data.classes):
                 if self.dist.is_main:
                     print(f"{self.model_name}: {note}", file=sys.stderr)
-        frozen = len(model.stage_modules()) if m.linear_probe else m.freeze_stages
+        frozen = len(model.stage_modules()) if m.linear_probe else m.frozen_stages
         if frozen >= 0:
             try:
                 model.configure_backbone(frozen_stages=frozen)
             except ValueError as exc:
-                raise ConfigError(f"model.freeze_stages (--freeze-stages): {exc}") from None
+                raise ConfigError(f"model.frozen_stages (--frozen-stages): {exc}") from None
         return model
 
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
