@@ -108,19 +108,29 @@ def test_real_input() -> None:
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "r.pt"
-    assert main(["export", "resnet20_cifar", "--format", "torchscript", "--out", str(out)]) == 0
+    assert main(["export", "--model", "resnet20_cifar", "--format", "torchscript", "--out", str(out)]) == 0
     assert out.exists() and "verified" in capsys.readouterr().out
-    assert main(["export", "resnet20_cifar", "--format", "onnx", "--out", str(tmp_path / "no" / "r.onnx")]) == 2
+    assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--out",
+                 str(tmp_path / "no" / "r.onnx")]) == 2
     assert "--out" in capsys.readouterr().err
-    assert main(["export", "resnet20_cifar", "--format", "onnx", "--opset", "13", "--out", str(out)]) == 2
+    assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "13", "--out", str(out)]) == 2
     assert "opset" in capsys.readouterr().err
-    assert main(["export", "resnet20_cifar", "--format", "onnx", "--opset", "17", "--out", str(out)]) == 2
+    assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "17", "--out", str(out)]) == 2
     assert "--exporter torchscript" in capsys.readouterr().err
-    assert main(["export", "resnet20_cifar", "--format", "torchscript", "--exporter", "dynamo", "--out",
+    assert main(["export", "--model", "resnet20_cifar", "--format", "torchscript", "--exporter", "dynamo", "--out",
                  str(out)]) == 2
     assert "--exporter applies to --format onnx or openvino only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["export", "resnet20_cifar", "--format", "tflite", "--out", str(out)])
+        main(["export", "--model", "resnet20_cifar", "--format", "tflite", "--out", str(out)])
+    # the older positional NAME still works, with a note; two different names or none are refused
+    assert main(["export", "resnet20_cifar", "--format", "torchscript", "--out", str(tmp_path / "old.pt")]) == 0
+    assert "now given as --model resnet20_cifar" in capsys.readouterr().err
+    assert main(["export", "resnet20_cifar", "--model", "res2net17_slim", "--format", "torchscript", "--out",
+                 str(tmp_path / "two.pt")]) == 2
+    assert "two models named" in capsys.readouterr().err
+    assert main(["export", "--format", "torchscript", "--out", str(tmp_path / "none.pt")]) == 2
+    assert "--model NAME is required" in capsys.readouterr().err
+    assert not (tmp_path / "two.pt").exists() and not (tmp_path / "none.pt").exists()
 
 
 def test_openvino_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
@@ -144,7 +154,7 @@ def test_openvino_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
 
 
 def test_cli_openvino_and_int8_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    base = ["export", "resnet20_cifar", "--out"]
+    base = ["export", "--model", "resnet20_cifar", "--out"]
     assert main(base + [str(tmp_path / "r.bin"), "--format", "openvino"]) == 2
     assert "NAME.xml" in capsys.readouterr().err
     assert main(base + [str(tmp_path / "r.pt"), "--format", "torchscript", "--int8", "--calibration",
@@ -190,12 +200,12 @@ def test_cli_exports_a_training_checkpoint_with_its_own_shape(tmp_path: Path,
     ckpt = tmp_path / "fm.pt"
     torch.save({"model": state, "config": {"data": {"dataset": "fashion-mnist", "input_size": None}}}, ckpt)
     out = tmp_path / "fm.onnx"
-    assert main(["export", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    assert main(["export", "--model", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
     assert "28x28" in capsys.readouterr().out
     graph = onnx.load(str(out)).graph
     dims = [[d.dim_value for d in t.type.tensor_type.shape.dim] for t in (graph.input[0], graph.output[0])]
     assert dims == [[1, 1, 28, 28], [1, 10]]
-    assert main(["export", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--num-classes", "5",
+    assert main(["export", "--model", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--num-classes", "5",
                  "--out", str(out)]) == 2
     assert "trained with 10 classes" in capsys.readouterr().err
     grey = ex.real_input(28, (0.5,), (0.25,), in_chans=1)
@@ -205,6 +215,6 @@ def test_cli_exports_a_training_checkpoint_with_its_own_shape(tmp_path: Path,
 def test_export_target_that_is_a_folder_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from res2net.cli import main
 
-    assert main(["export", "res2net17_slim", "--format", "torchscript", "--out", str(tmp_path)]) == 2
+    assert main(["export", "--model", "res2net17_slim", "--format", "torchscript", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

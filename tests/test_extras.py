@@ -49,7 +49,7 @@ def test_plain_install_lists_and_describes_models(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv, extra", [
-    (["export", "res2net17_slim", "--format", "onnx", "--out", "m.onnx"], "export"),
+    (["export", "--model", "res2net17_slim", "--format", "onnx", "--out", "m.onnx"], "export"),
     (["cam", "--model", "res2net17_slim", "--out", "cam"], "analysis"),
     (["bench", "--models", "res2net50_26w_4s", "--input-size", "32", "--batch-sizes", "1", "--repeats", "1",
       "--no-memory"], "bench"),  # timm is the peer of this model

@@ -32,6 +32,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_model_arg(parser: argparse.ArgumentParser, help_text: str = "model name (see `res2net models`)") -> None:
+    """Add ``--model NAME`` (required), the model argument of every command; the older positional NAME of
+    ``export`` and ``receptive-field`` is still read (:func:`model_name`)."""
+    parser.add_argument("--model", metavar="NAME", help=help_text + " (required)")
+    parser.add_argument("old_positional_name", nargs="?", metavar="NAME", help=argparse.SUPPRESS)
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """The model named by ``--model`` (or, with a one-line note, by the older positional NAME)."""
+    old = getattr(args, "old_positional_name", None)
+    if old is not None:
+        if args.model is not None and args.model != old:
+            raise ValueError(f"two models named: --model {args.model} and {old}; give --model NAME only")
+        print(f"note: the model is now given as --model {old} (the positional NAME still works)", file=sys.stderr)
+        return old
+    if args.model is None:
+        raise ValueError("--model NAME is required (see `res2net models`)")
+    return args.model
+
+
 def add_engine_args(parser: argparse.ArgumentParser, default_config: str) -> None:
     """Add ``--config --epochs --batch-size --seed --deterministic --out --resume --checkpoint-every --quiet
     --device --amp --workers --set`` to a training subcommand's parser."""

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..export import (DEFAULT_OPSET, EXPORTERS, FORMATS, INT8_FORMATS, MIN_OPSET, MIN_OPSET_DYNAMO, export_model,
                       model_for_export)
-from .common import positive_int
+from .common import add_model_arg, model_name, positive_int
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -26,7 +26,8 @@ def _main(args: argparse.Namespace) -> int:
         raise ValueError(f"--int8 applies to --format {' or '.join(INT8_FORMATS)}, not --format {args.format}")
     if args.int8 and args.calibration is None:
         raise ValueError("--int8 needs --calibration DIR|fashion-mnist (real images of the task)")
-    model, trained_size, mean, std = model_for_export(args.name, args.checkpoint, args.num_classes)
+    name = model_name(args)
+    model, trained_size, mean, std = model_for_export(name, args.checkpoint, args.num_classes)
     size = args.input_size or trained_size
     in_chans = int(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels)
     calibration = None
@@ -40,7 +41,7 @@ def _main(args: argparse.Namespace) -> int:
     checks = ", ".join(f"{k}: {v:.2%}" if "agreement" in k else f"{k}: max abs diff {v:.2e}" for k, v in diffs.items())
     kind = f"{args.format} int8" if args.int8 else args.format
     extra = f" + {Path(args.out).with_suffix('.bin')}" if args.format == "openvino" else ""
-    print(f"wrote {args.out}{extra} ({kind}, {args.name}, {size}x{size}); verified {checks}")
+    print(f"wrote {args.out}{extra} ({kind}, {name}, {size}x{size}); verified {checks}")
     return 0
 
 
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``res2net export``."""
     p = subparsers.add_parser("export", help="export a model to ONNX, OpenVINO IR or TorchScript (verified)",
                               description=__doc__)
-    p.add_argument("name", help="model name (see `res2net models`)")
+    add_model_arg(p)
     p.add_argument("--checkpoint", default=None, help="weights file (default: random init)")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, type=Path, help="output file (OpenVINO: NAME.xml, NAME.bin beside it)")
