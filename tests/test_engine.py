@@ -252,3 +252,41 @@ def test_renamed_config_keys_are_still_read_with_a_note_and_never_both() -> None
         assert load_config(SegmentationConfig, None, ["data.image_size=64"]).data.input_size == 64
     assert current_key_names(ClassificationConfig, {"data": {"data_dir": "/a"}, "x": 1}) == {"data": {"root": "/a"},
                                                                                              "x": 1}
+
+
+def test_values_mean_what_was_typed_yaml_1_2(tmp_path: Path) -> None:
+    """``off`` stays the string off (YAML 1.1 made it False), ``1e-3`` is a float, ``010`` is ten; a key given
+    twice, a section set to a value and a subset larger than its split are refused in one line."""
+    from res2net.tasks.classification.config import ClassificationConfig
+
+    cfg = load_config(ClassificationConfig, "fashion_mnist", ["run.amp=off", "optim.lr=1e-3", "run.epochs=010"])
+    assert (cfg.run.amp, cfg.optim.lr, cfg.run.epochs) == ("off", 0.001, 10)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("run:\n  amp: off\n  epochs: 2\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="'epochs' is given twice \\(line 4\\)"):
+        load_config(ClassificationConfig, str(recipe))
+    recipe.write_text("run:\n  amp: off\noptim:\n")  # an empty section keeps its defaults
+    assert load_config(ClassificationConfig, str(recipe)).run.amp == "off"
+    with pytest.raises(ConfigError, match="'optim' is a section, not a value; set one of its keys"):
+        load_config(ClassificationConfig, "fashion_mnist", ["optim=0"])
+    with pytest.raises(ConfigError, match="config section 'optim' must be a mapping, got 0"):
+        from_dict(ClassificationConfig, {"optim": 0})
+
+
+def test_a_subset_larger_than_its_split_is_refused(tmp_path: Path) -> None:
+    from res2net.data import TensorImageDataset
+    from res2net.tasks.classification import data as cdata
+    from res2net.tasks.classification.config import DataSection
+
+    sets = {"train": TensorImageDataset(torch.zeros(6, 1, 28, 28, dtype=torch.uint8), torch.arange(6) % 2, ["a", "b"]),
+            "test": TensorImageDataset(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.arange(4) % 2, ["a", "b"])}
+    original = cdata._tensor_sets
+    cdata._tensor_sets = lambda *a: sets  # type: ignore[assignment]
+    try:
+        assert len(cdata.load_data(DataSection(dataset="fashion-mnist", train_subset=6), "res2net17_slim").train) == 6
+        with pytest.raises(ConfigError, match=r"data.train_subset \(--train-subset\) = 7 is more than the 6 images"):
+            cdata.load_data(DataSection(dataset="fashion-mnist", train_subset=7), "res2net17_slim")
+        with pytest.raises(ConfigError, match="data.test_subset .* = 5 is more than the 4 images of the evaluation"):
+            cdata.load_data(DataSection(dataset="fashion-mnist", test_subset=5), "res2net17_slim")
+    finally:
+        cdata._tensor_sets = original  # type: ignore[assignment]

@@ -29,6 +29,47 @@ T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core schema for plain scalars, so a value means what was typed:
+    only ``true``/``false`` are booleans (``off``, ``no``, ``on``, ``yes`` stay strings), ``1e-3`` is a float
+    (YAML 1.1 wants ``1.0e-3``), ``010`` is ten and ``0o10`` eight, ``1_000`` and ``1:30`` are strings. A key
+    given twice in one mapping is refused (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"config key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+                                                               "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _tag, _pattern, _first in (
+        ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+        ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+        ("float", r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)",
+         "-+.0123456789")):
+    Yaml12Loader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"), list(_first))
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
+
+
+Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+
+
+def read_yaml(text: str) -> Any:
+    """``text`` parsed as YAML 1.2 (:class:`Yaml12Loader`)."""
+    return yaml.load(text, Loader=Yaml12Loader)  # noqa: S506 (a SafeLoader)
+
+
 def at_least(default: Any, low: float) -> Any:
     """A schema field whose value (when not null) must be >= ``low``; checked when a config is read."""
     return field(default=default, metadata={"min": low})
@@ -169,7 +210,7 @@ def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "", base: 
         tp = types[key]
         if dataclasses.is_dataclass(tp):
             section_base = getattr(base, key) if base is not None else _field_default(schema, key)
-            kwargs[key] = from_dict(tp, value or {}, full + ".", section_base)
+            kwargs[key] = from_dict(tp, {} if value is None else value, full + ".", section_base)
         else:
             kwargs[key] = _coerce(full, tp, value)
             _check_value(full, kwargs[key], _field_meta(schema, key))
@@ -274,6 +315,9 @@ def set_key(data: Dict[str, Any], schema: Type[Any], dotted: str, value: Any) ->
     types = _fields(tp)
     if last not in types:
         raise ConfigError(f"unknown config key {dotted!r}; allowed: {', '.join(prefix + k for k in types)}")
+    if dataclasses.is_dataclass(types[last]):
+        raise ConfigError(f"{dotted!r} is a section, not a value; set one of its keys, e.g. "
+                          f"{dotted}.{next(iter(_fields(types[last])))}=...")
     node[last] = value
 
 
@@ -283,7 +327,7 @@ def parse_override(text: str) -> tuple:
         raise ConfigError(f"override {text!r} must look like KEY=VALUE, e.g. optim.lr=0.05")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -305,7 +349,7 @@ def read_recipe(source: str) -> Dict[str, Any]:
     elif not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

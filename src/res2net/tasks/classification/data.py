@@ -42,6 +42,14 @@ class ClassificationData:
         return self.preprocessing.std
 
 
+def _check_subsets(cfg: DataSection, n_train: int, n_test: int) -> None:
+    """A subset larger than its split is refused (it would silently be the whole split)."""
+    for key, flag, n, have, split in (("train_subset", "--train-subset", cfg.train_subset, n_train, "training"),
+                                      ("test_subset", "--test-subset", cfg.test_subset, n_test, "evaluation")):
+        if n is not None and n > have:
+            raise ConfigError(f"data.{key} ({flag}) = {n} is more than the {have} images of the {split} split")
+
+
 @functools.lru_cache(maxsize=2)
 def _tensor_sets(dataset: str, data_dir: Optional[str], download: bool) -> Dict[str, TensorImageDataset]:
     if dataset == "fashion-mnist":
@@ -70,6 +78,7 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0, card: Optional[P
                 test = test.select(cfg.classes, None, seed)
             except ValueError as exc:
                 raise ConfigError(f"data.classes: {exc}") from None
+        _check_subsets(cfg, len(train), len(test))
         if cfg.train_subset:
             train = train.subset(cfg.train_subset, seed)
         if cfg.test_subset:
@@ -89,6 +98,7 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0, card: Optional[P
     test_files = image_folder_split(root, cfg.val_split, tf(train=False), classes=train_files.classes)
     train_set: Dataset = train_files
     test_set: Dataset = test_files
+    _check_subsets(cfg, len(train_files), len(test_files))
     if cfg.train_subset or cfg.test_subset:
         g = torch.Generator().manual_seed(seed)
         if cfg.train_subset:
