@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from res2net.files import atomic_write, publish, usual_mode
+from res2net.files import atomic_write, check_destination, publish, usual_mode
 
 
 def _mode(path: Path) -> int:
@@ -53,10 +53,42 @@ def test_keep_previous_and_folder_swap(tmp_path: Path) -> None:
 
     folder = tmp_path / "pretrained"
     folder.mkdir()
-    (folder / "old.txt").write_text("old")
+    (folder / "config.json").write_text("old")
     new = tmp_path / ".new"
     new.mkdir()
     (new / "config.json").write_text("{}")
     publish(new, folder)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+    assert (folder / "config.json").read_text() == "{}"
     assert not new.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_folder_write_keeps_the_users_other_files(tmp_path: Path) -> None:
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    (folder / "config.json").write_text("old")
+    (folder / "model.onnx").write_text("the user's export")
+    with atomic_write(folder, directory=True) as tmp:
+        (tmp / "config.json").write_text("new")
+    assert (folder / "config.json").read_text() == "new"
+    assert (folder / "model.onnx").read_text() == "the user's export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pretrained"]
+
+
+def test_check_destination_refuses_an_input_and_an_existing_file_without_overwrite(tmp_path: Path) -> None:
+    src = tmp_path / "a.pth"
+    src.write_text("weights")
+    with pytest.raises(FileExistsError, match="is the command's own input"):
+        check_destination(tmp_path / "." / "a.pth", [src], overwrite=True, what="DST")
+    link = tmp_path / "link.pth"
+    link.symlink_to(src)
+    with pytest.raises(FileExistsError, match="is the command's own input"):
+        check_destination(link, [src], overwrite=True)
+    other = tmp_path / "b.pth"
+    other.write_text("someone's")
+    with pytest.raises(FileExistsError, match="exists; pass --overwrite to replace it"):
+        check_destination(other, [src])
+    assert check_destination(other, [src], overwrite=True) == other
+    with pytest.raises(FileExistsError, match="is a folder"):
+        check_destination(tmp_path, [src], overwrite=True)
+    assert check_destination(tmp_path / "new.pth", [src]) == tmp_path / "new.pth"

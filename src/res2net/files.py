@@ -14,11 +14,41 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["atomic_write", "publish", "usual_mode"]
+__all__ = ["atomic_write", "check_destination", "publish", "usual_mode"]
+
+
+def check_destination(dest: PathLike, inputs: Sequence[PathLike] = (), overwrite: bool = False,
+                      what: str = "--out") -> Path:
+    """Refuse a destination that would lose the user's data, before any work is done.
+
+    Args:
+        dest: the file the command is about to write.
+        inputs: the files the command reads; ``dest`` may never be one of them (``--overwrite`` or not).
+        overwrite: whether an existing file at ``dest`` may be replaced (the user said ``--overwrite``).
+        what: how the user named ``dest`` (the flag or argument), for the message.
+
+    Returns:
+        ``dest`` as a Path.
+
+    Raises:
+        FileExistsError: one line naming ``what``, the path and the way out.
+    """
+    dest = Path(dest)
+    for source in inputs:
+        source = Path(source)
+        if source.exists() and (dest.resolve() == source.resolve()
+                                or dest.exists() and os.path.samefile(dest, source)):
+            raise FileExistsError(f"{what} {str(dest)!r} is the command's own input {str(source)!r}; write the "
+                                  f"result elsewhere")
+    if dest.is_dir() and not dest.is_symlink():
+        raise FileExistsError(f"{what} {str(dest)!r} is a folder; give the file to write")
+    if (dest.exists() or dest.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{what} {str(dest)!r} exists; pass --overwrite to replace it")
+    return dest
 
 
 def usual_mode(directory: bool = False) -> int:
@@ -65,7 +95,9 @@ def publish(tmp: PathLike, dest: PathLike, keep_previous: Optional[PathLike] = N
 
     Args:
         tmp: the written temporary; it is flushed to the disk and given the usual mode first.
-        dest: the destination; an existing folder there is swapped out and removed only after the rename.
+        dest: the destination. An existing folder there is swapped out; the files in it that ``tmp`` does not
+            replace (the user's own, e.g. an exported ``model.onnx``) are moved into the new folder, and only
+            then is the rest of the old folder removed.
         keep_previous: where an existing ``dest`` file goes first (e.g. ``last.prev.pt``), so that a readable
             file exists at every moment.
 
@@ -86,9 +118,12 @@ def publish(tmp: PathLike, dest: PathLike, keep_previous: Optional[PathLike] = N
     elif keep_previous is not None and dest.exists():
         os.replace(dest, keep_previous)
     os.replace(tmp, dest)
-    _fsync_folder(dest.parent)
     if old is not None:
+        for entry in old.iterdir():
+            if not (dest / entry.name).exists():
+                os.replace(entry, dest / entry.name)  # never delete what this write did not replace
         shutil.rmtree(old, ignore_errors=True)
+    _fsync_folder(dest.parent)
     return dest
 
 
