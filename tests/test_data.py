@@ -269,3 +269,43 @@ def test_16_bit_masks_are_not_wrapped(tmp_path: Path) -> None:
     Image.fromarray(np.array([[0, 65535, 30000, 40000]] * 2, dtype=np.uint16)).save(tmp_path / "s16.png")
     _, mask = MaskFolder([(tmp_path / "x.png", tmp_path / "s16.png")]).read(0)  # saliency: binarised mid-range
     assert mask[0].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_scaled_set_is_deterministic_scaled_within_range_and_made_from_its_own_split() -> None:
+    """fashion-mnist-scaled (issue 24): the same seed gives the same set, another seed another; every factor
+    lies in the range and each item's side is round(28 x factor); at scale 1 each canvas holds its source image
+    (item i from source image i of the same split) exactly, and nothing else."""
+    from res2net.data.scaled import scale_onto_canvas
+
+    if HAVE_FMNIST:
+        sets = load_fashion_mnist(download=False)
+        train, test = sets["train"].images[:300], sets["test"].images[:300]
+    else:
+        g = torch.Generator().manual_seed(0)
+        train, test = (torch.randint(0, 256, (300, 1, 28, 28), generator=g, dtype=torch.uint8) for _ in range(2))
+    a = scale_onto_canvas(train, 64, (0.35, 2.0), clutter=2, seed=3)
+    b = scale_onto_canvas(train, 64, (0.35, 2.0), clutter=2, seed=3)
+    assert torch.equal(a.images, b.images) and a.images.shape == (300, 1, 64, 64)
+    assert not torch.equal(a.images, scale_onto_canvas(train, 64, (0.35, 2.0), clutter=2, seed=4).images)
+    assert 0.35 <= a.factors.min() and a.factors.max() <= 2.0 and a.factors.max() / a.factors.min() > 3
+    assert torch.equal(a.sides, (28 * a.factors.double()).round().long())
+    assert bool(((a.corners >= 0) & (a.corners + a.sides[:, None] <= 64)).all())
+    for split in (train, test):
+        one = scale_onto_canvas(split, 56, (1.0, 1.0), seed=1)
+        for i in range(0, 300, 37):
+            r, c = one.corners[i].tolist()
+            assert torch.equal(one.images[i, :, r:r + 28, c:c + 28], split[i])
+            outside = one.images[i].clone()
+            outside[:, r:r + 28, c:c + 28] = 0
+            assert int(outside.sum()) == 0
+    with pytest.raises(ValueError, match="cannot hold an item scaled by 2.0"):
+        scale_onto_canvas(train, 48, (0.5, 2.0))
+
+
+def test_scaled_set_keys_apply_to_the_scaled_set_only() -> None:
+    from res2net.errors import ConfigError
+    from res2net.tasks.classification.config import DataSection
+    from res2net.tasks.classification.data import load_data
+
+    with pytest.raises(ConfigError, match="data.scale_range, data.clutter apply to data.dataset=fashion-mnist-scaled"):
+        load_data(DataSection(dataset="fashion-mnist", scale_range=[0.5, 1.0], clutter=1), "res2net17_slim")

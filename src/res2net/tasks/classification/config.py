@@ -9,7 +9,7 @@ from typing import ClassVar, Dict, List, Optional
 from ...engine import OptimConfig, RunConfig, SchedConfig
 from ...engine.config import at_least, between
 
-DATASETS = ("fashion-mnist", "cifar100", "imagefolder")
+DATASETS = ("fashion-mnist", "fashion-mnist-scaled", "cifar100", "imagefolder")
 DEFAULT_RECIPE = "fashion_mnist"
 
 
@@ -35,7 +35,7 @@ class DataSection:
 
     RENAMED: ClassVar[Dict[str, str]] = {"data_dir": "root"}
 
-    dataset: str = "imagefolder"  # fashion-mnist | cifar100 | imagefolder
+    dataset: str = "imagefolder"  # fashion-mnist | fashion-mnist-scaled | cifar100 | imagefolder
     root: Optional[str] = None  # fashion-mnist: default /usr/share/datasets/fashion-mnist
     train_subset: Optional[int] = at_least(None, 1)  # random subset of the training set (seeded by run.seed)
     test_subset: Optional[int] = at_least(None, 1)  # random subset of the evaluation set
@@ -49,6 +49,13 @@ class DataSection:
     download: bool = True  # fashion-mnist: torchvision download when the files are absent
     classes: Optional[List[int]] = None  # keep only these class indices (relabelled 0..k-1 in this order)
     train_per_class: Optional[int] = at_least(None, 1)  # N labelled training images per class (seeded)
+    # fashion-mnist-scaled (res2net.data.scaled): each item resized by a factor drawn log-uniformly from
+    # scale_range (default [0.5, 2.0]) onto a canvas x canvas image (default 64) at a random position, with
+    # `clutter` patches of other items (default 0); the set is fixed by scale_seed (default 0), not run.seed
+    scale_range: Optional[List[float]] = None
+    canvas: Optional[int] = at_least(None, 8)
+    clutter: Optional[int] = at_least(None, 0)
+    scale_seed: Optional[int] = None
 
 
 @dataclass

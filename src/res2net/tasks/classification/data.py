@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from ...data import (TensorImageDataset, classification_transforms, image_folder_split, load_cifar100,
                      load_fashion_mnist)
 from ...data.preprocessing import NATIVE_SIZES, Preprocessing, dataset_preprocessing
+from ...data.scaled import DEFAULT_CANVAS, DEFAULT_SCALE_RANGE, canvas_statistics, load_fashion_mnist_scaled
 from ...errors import ConfigError
 from ...weights import card_preprocessing
 from .config import DATASETS, DataSection
@@ -42,6 +43,26 @@ class ClassificationData:
         return self.preprocessing.std
 
 
+def _scaled_sets(cfg: DataSection) -> Optional[Dict[str, TensorImageDataset]]:
+    """The fashion-mnist-scaled sets of ``cfg`` (None for another data set, whose config may not set the
+    scaled set's keys)."""
+    keys = {"scale_range": cfg.scale_range, "canvas": cfg.canvas, "clutter": cfg.clutter,
+            "scale_seed": cfg.scale_seed}
+    if cfg.dataset != "fashion-mnist-scaled":
+        given = [f"data.{k}" for k, v in keys.items() if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to data.dataset=fashion-mnist-scaled, not {cfg.dataset}")
+        return None
+    scale_range = tuple(cfg.scale_range or DEFAULT_SCALE_RANGE)
+    if len(scale_range) != 2:
+        raise ConfigError(f"data.scale_range must be [low, high], got {list(scale_range)}")
+    try:
+        return load_fashion_mnist_scaled(cfg.root, cfg.download, cfg.canvas or DEFAULT_CANVAS, scale_range,
+                                         cfg.clutter or 0, cfg.scale_seed or 0)
+    except ValueError as exc:
+        raise ConfigError(f"data.scale_range/canvas/clutter: {exc}") from None
+
+
 def _check_subsets(cfg: DataSection, n_train: int, n_test: int) -> None:
     """A subset larger than its split is refused (it would silently be the whole split)."""
     for key, flag, n, have, split in (("train_subset", "--train-subset", cfg.train_subset, n_train, "training"),
@@ -69,8 +90,11 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0, card: Optional[P
         raise ConfigError(f"data.train_scales must be a non-empty list of fractions of the input size in (0, 4]; "
                           f"got {cfg.train_scales}")
     prep = dataset_preprocessing(cfg.dataset, card or card_preprocessing(model_name), cfg.input_size)
-    if cfg.dataset in NATIVE_SIZES:  # the in-memory sets
-        sets = _tensor_sets(cfg.dataset, cfg.root, cfg.download)
+    scaled = _scaled_sets(cfg)
+    if scaled is not None:
+        prep = Preprocessing(scaled["train"].images.shape[-1], *canvas_statistics(scaled["train"].images))
+    if cfg.dataset in NATIVE_SIZES or scaled is not None:  # the in-memory sets
+        sets = scaled or _tensor_sets(cfg.dataset, cfg.root, cfg.download)
         train, test = sets["train"], sets["test"]
         if cfg.classes is not None or cfg.train_per_class:
             try:
