@@ -116,6 +116,12 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "13", "--out", str(out)]) == 2
     assert "opset" in capsys.readouterr().err
     assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "17", "--out", str(out)]) == 2
+    onnx_out = tmp_path / "r99.onnx"
+    assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "99", "--out",
+                 str(onnx_out)]) == 2  # was: onnxscript's traceback, then opset 18 written and exit 0
+    err = capsys.readouterr().err
+    assert "opset 99: the installed onnx writes opsets 17.." in err and "Traceback" not in err
+    assert not onnx_out.exists()
     assert "--exporter torchscript" in capsys.readouterr().err
     assert main(["export", "--model", "resnet20_cifar", "--format", "torchscript", "--exporter", "dynamo", "--out",
                  str(out)]) == 2

@@ -36,10 +36,15 @@ FORMATS = ("onnx", "openvino", "torchscript")
 INT8_FORMATS = ("onnx", "openvino")
 
 
+def max_opset() -> int:
+    """The newest ONNX opset the installed ``onnx`` package knows."""
+    return int(require("onnx", "export").defs.onnx_opset_version())
+
+
 def verify_onnx(path: Union[str, Path], model: nn.Module, inputs: Dict[str, Tensor], atol: float = 1e-4,
-                rtol: float = 1e-5) -> Dict[str, float]:
+                rtol: float = 1e-5, expected_opset: Optional[int] = None) -> Dict[str, float]:
     """Run the ONNX file in onnxruntime on each named input; max abs difference to eager per input (an error
-    above ``atol + rtol * max|eager output|``)."""
+    above ``atol + rtol * max|eager output|``); with ``expected_opset``, a file of another opset is an error."""
     onnx = require("onnx", "export")
     ort = require("onnxruntime", "export")
 
@@ -47,6 +52,8 @@ def verify_onnx(path: Union[str, Path], model: nn.Module, inputs: Dict[str, Tens
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < MIN_OPSET:
         raise ExportError(f"{path}: ONNX opset {opset} < {MIN_OPSET}")
+    if expected_opset is not None and opset != expected_opset:
+        raise ExportError(f"opset {expected_opset} was asked for, but the exporter wrote opset {opset}")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     diffs: Dict[str, float] = {}
@@ -117,6 +124,8 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    if fmt in ("onnx", "openvino") and opset > max_opset():
+        raise ValueError(f"opset {opset}: the installed onnx writes opsets {MIN_OPSET}..{max_opset()}")
     if fmt in ("onnx", "openvino") and exporter == "dynamo" and opset < MIN_OPSET_DYNAMO:
         raise ValueError(f"opset {opset}: the dynamo exporter writes opset >= {MIN_OPSET_DYNAMO}; "
                          f"use exporter='torchscript' (--exporter torchscript) for opset {opset}")
@@ -157,7 +166,7 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
                 quantize_onnx(fp32, tmp, list(calibration or []))
                 diffs = _verify_int8("ONNX (onnxruntime)", onnxruntime_runner(tmp), model, list(calibration or []))
             else:
-                diffs = verify_onnx(tmp, model, inputs)
+                diffs = verify_onnx(tmp, model, inputs, expected_opset=opset)
             written = [tmp]
         else:
             diffs = _write_openvino(model, sample, tmp, opset, exporter, inputs, calibration if int8 else None)
