@@ -290,3 +290,11 @@ def test_a_subset_larger_than_its_split_is_refused(tmp_path: Path) -> None:
             cdata.load_data(DataSection(dataset="fashion-mnist", test_subset=5), "res2net17_slim")
     finally:
         cdata._tensor_sets = original  # type: ignore[assignment]
+
+
+def test_contradicting_settings_are_refused() -> None:
+    from res2net.tasks.classification.config import ClassificationConfig
+
+    with pytest.raises(ConfigError, match="linear_probe .* freezes every stage; model.frozen_stages=1"):
+        load_config(ClassificationConfig, "fashion_mnist", ["model.linear_probe=true", "model.frozen_stages=1"])
+    assert load_config(ClassificationConfig, "fashion_mnist", ["model.linear_probe=true"]).model.linear_probe

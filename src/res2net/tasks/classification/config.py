@@ -8,6 +8,7 @@ from typing import ClassVar, Dict, List, Optional
 
 from ...engine import OptimConfig, RunConfig, SchedConfig
 from ...engine.config import at_least, between
+from ...errors import ConfigError
 
 DATASETS = ("fashion-mnist", "fashion-mnist-scaled", "cifar100", "imagefolder")
 DEFAULT_RECIPE = "fashion_mnist"
@@ -27,6 +28,11 @@ class ModelSection:
     pretrained: str = ""
     frozen_stages: int = at_least(-1, -1)  # mmdetection semantics: stem and stages 1..N frozen (-1: none)
     linear_probe: bool = False  # train the classifier only (stem and every stage frozen)
+
+    def __post_init__(self) -> None:
+        if self.linear_probe and self.frozen_stages != -1:
+            raise ConfigError(f"model.linear_probe (--linear-probe) freezes every stage; model.frozen_stages="
+                              f"{self.frozen_stages} (--frozen-stages) contradicts it: give one of the two")
 
 
 @dataclass
