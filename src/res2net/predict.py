@@ -9,6 +9,7 @@ the model card. Unreadable files are named and counted in :attr:`Predictor.skipp
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -34,18 +35,85 @@ def imagenet_classes() -> List[str]:
     return list(_IMAGENET_CATEGORIES)
 
 
-def find_images(inputs: Sequence[Union[str, Path]]) -> List[Path]:
-    """Image files named by ``inputs``: files, folders (recursive, sorted) and glob patterns. A name that matches
-    nothing, or a folder without images, is a DataError naming it."""
+MAX_IMAGE_BYTES = 256 * 2**20  # a larger "image" file is skipped unread
+
+
+def image_tensor(img: Tensor, label: str = "tensor") -> Tensor:
+    """The one convention for image tensors given to :class:`Predictor`: (C, H, W) with C = 1 or 3 and
+    H, W >= 1, either float in [0, 1] (as torchvision's ``to_tensor``) or uint8 in [0, 255] (as
+    ``torchvision.io.read_image``). Returns a float32 tensor in [0, 1]; anything else is a ValueError naming
+    ``label`` and what is wrong (a NaN, a value out of range, a channel count, an empty side, a dtype)."""
+    if not isinstance(img, Tensor):
+        raise ValueError(f"{label}: expected an image file or tensor, got {type(img).__name__}")
+    if img.dim() != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"{label}: expected an image tensor (C, H, W) with C = 1 or 3, got shape "
+                         f"{tuple(img.shape)}")
+    if img.shape[1] < 1 or img.shape[2] < 1:
+        raise ValueError(f"{label}: empty image, shape {tuple(img.shape)}")
+    if img.dtype == torch.uint8:
+        return img.float() / 255.0
+    if not img.is_floating_point():
+        raise ValueError(f"{label}: dtype {img.dtype}; give float values in [0, 1] or uint8 in [0, 255]")
+    img = img.float()
+    if not bool(torch.isfinite(img).all()):
+        raise ValueError(f"{label}: holds NaN or infinite values")
+    low, high = float(img.min()), float(img.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"{label}: values in [{low:.3g}, {high:.3g}]; float images are in [0, 1] (uint8 in "
+                         f"[0, 255])")
+    return img
+
+
+def _walk_images(folder: Path, skipped: List[Tuple[str, str]]) -> List[Path]:
+    """Image files under ``folder`` (sorted); symbolic links to folders are not followed (no loop can hang
+    the walk), unreadable folders and oversized files are added to ``skipped`` with the reason."""
+    found: List[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        skipped.append((str(exc.filename or folder), f"folder cannot be read: {exc.strerror or exc}"))
+
+    for root, _dirs, names in os.walk(folder, onerror=unreadable, followlinks=False):
+        for name in names:
+            path = Path(root) / name
+            if path.suffix.lower() not in IMAGE_EXTS:
+                continue
+            try:
+                size = path.stat().st_size
+            except OSError as exc:  # a dangling or looping link
+                skipped.append((str(path), f"cannot be read: {exc.strerror or exc}"))
+                continue
+            if size > MAX_IMAGE_BYTES:
+                skipped.append((str(path), f"{size / 2**20:.0f} MiB is too large for an image file"))
+            else:
+                found.append(path)
+    return sorted(found)
+
+
+def find_images(inputs: Sequence[Union[str, Path]], skipped: Optional[List[Tuple[str, str]]] = None
+                ) -> List[Path]:
+    """Image files named by ``inputs``: files, folders (recursive, sorted) and glob patterns.
+
+    Args:
+        inputs: file names, folders and glob patterns.
+        skipped: where unreadable folders, looping links and oversized files met in a folder are recorded
+            (path, reason) instead of stopping the walk.
+
+    Returns:
+        The image files, in order. A name that matches nothing, or a folder without images, is a DataError
+        naming it.
+    """
+    skipped = [] if skipped is None else skipped
     files: List[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            before = len(skipped)
+            found = _walk_images(path, skipped)
             if not found:
-                raise DataError(f"{path}: no images in this folder ({', '.join(IMAGE_EXTS)})")
+                reasons = f"; skipped {len(skipped) - before}" if len(skipped) > before else ""
+                raise DataError(f"{path}: no images in this folder ({', '.join(IMAGE_EXTS)}){reasons}")
             files += found
         else:
             matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
@@ -128,9 +196,7 @@ class Predictor:
 
     def load(self, image: ImageInput) -> Tensor:
         """One image as the model's normalised input ``(C, S, S)``: a file, or a float tensor (C, H, W) in [0, 1]."""
-        img = load_image(image) if isinstance(image, (str, Path)) else image
-        if img.dim() != 3:
-            raise ValueError(f"expected an image tensor (C, H, W), got shape {tuple(img.shape)}")
+        img = load_image(image) if isinstance(image, (str, Path)) else image_tensor(image)
         if img.shape[0] == 1:
             img = img.expand(3, -1, -1)
         p = self.preprocessing

@@ -7,7 +7,7 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from ..errors import DataError
 from ..predict import Predictor, find_images
@@ -34,10 +34,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for out in (args.json, args.csv):
         if out is not None and out.is_dir():
             raise IsADirectoryError(f"{out} is a folder; give a file name")
-    files = find_images(args.inputs)
+    walk_skipped: List[Tuple[str, str]] = []
+    files = find_images(args.inputs, walk_skipped)
     predictor = Predictor(source, args.model, topk=args.topk, batch_size=args.batch_size, tta=args.tta,
                           backend=args.backend, dtype=args.dtype, device=args.device)
     records = predictor.predict(files, progress=len(files) > 1 and sys.stderr.isatty())
+    predictor.skipped[:0] = walk_skipped
     for name, reason in predictor.skipped:
         print(f"warning: skipped {name}: {reason}", file=sys.stderr)
     if not records:
