@@ -312,7 +312,7 @@ def test_predictor_tensor_convention_and_a_walk_that_never_hangs(tmp_path: Path,
     images = tmp_path / "images"
     (images / "locked").mkdir(parents=True)
     Image.new("RGB", (40, 30), (200, 10, 10)).save(images / "red.png")
-    Image.new("RGB", (40, 30), (10, 10, 200)).save(images / "big.png")
+    Image.fromarray(torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8).numpy()).save(images / "big.png")
     (images / "loop").symlink_to(images, target_is_directory=True)  # a folder link back up: never followed
     (images / "self.png").symlink_to(images / "self.png")  # a link to itself
     Image.new("RGB", (8, 8)).save(images / "locked" / "hidden.png")
