@@ -109,7 +109,7 @@ def test_dst_untouched_when_verification_fails(official_file, tmp_path, monkeypa
 
     monkeypatch.setattr(convert, "_write", corrupting_write)
     with pytest.raises(CheckpointError, match="bit|does not"):
-        convert_checkpoint(src, dst, "timm")
+        convert_checkpoint(src, dst, "timm", overwrite=True)
     assert dst.read_bytes() == b"previous content"
     assert sorted(os.listdir(tmp_path)) == ["keep.pth"]
 
@@ -140,3 +140,25 @@ def test_timm_checkpoint_to_official_loads_in_our_model(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference.eval()(x))
+
+
+def test_convert_never_writes_over_its_source_nor_an_existing_file_unasked(official_file, tmp_path, capsys):
+    """`convert a.pth a.pth` replaced the source (and dropped its fc); an existing DST is replaced only with
+    --overwrite; --format must agree with DST's suffix."""
+    src, _ = official_file
+    copy = tmp_path / "a.pth"
+    copy.write_bytes(open(src, "rb").read())
+    before = copy.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["convert", str(copy), str(copy), "--to", "mmdet", *extra]) == 2
+        assert "is the command's own input" in capsys.readouterr().err
+    other = tmp_path / "user.pth"
+    other.write_bytes(b"the user's file")
+    assert main(["convert", str(copy), str(other), "--to", "timm"]) == 2
+    assert "exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert other.read_bytes() == b"the user's file" and copy.read_bytes() == before
+    assert main(["convert", str(copy), str(tmp_path / "t.pth"), "--to", "timm", "--format", "safetensors"]) == 2
+    assert "--format safetensors disagrees with DST 't.pth'" in capsys.readouterr().err
+    assert main(["convert", str(copy), str(other), "--to", "timm", "--overwrite"]) == 0
+    assert read_state_dict(other)
+    assert sorted(os.listdir(tmp_path)) == ["a.pth", "user.pth"]

@@ -23,12 +23,13 @@ from torch import Tensor
 
 from . import layouts
 from .errors import CheckpointError
-from .files import atomic_write
+from .files import atomic_write, check_destination
 from .models import create_model, get_spec
 from .models.registry import ModelSpec
 from .weights import read_checkpoint, unwrap_state_dict
 
 FORMATS = ("pth", "safetensors", "pkl")
+FORMAT_SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors", "pkl": ".pkl"}
 PathLike = Union[str, "os.PathLike[str]"]
 
 @dataclass
@@ -171,7 +172,8 @@ def _pick_model(state_dict: Dict[str, Tensor], model: Optional[str]) -> Tuple[la
 
 
 def convert_checkpoint(src: PathLike, dst: PathLike, to: str, model: Optional[str] = None,
-                       fmt: Optional[str] = None, source_layout: Optional[str] = None) -> ConvertReport:
+                       fmt: Optional[str] = None, source_layout: Optional[str] = None,
+                       overwrite: bool = False) -> ConvertReport:
     """Convert the weights in ``src`` to layout ``to`` and write them to ``dst`` (atomically, once verified).
 
     Args:
@@ -182,15 +184,22 @@ def convert_checkpoint(src: PathLike, dst: PathLike, to: str, model: Optional[st
         model: the zoo name; inferred from the keys and shapes when None.
         fmt: ``pth``, ``safetensors`` or ``pkl`` (detectron2's numpy pickle); default from ``dst``'s suffix.
         source_layout: the source's layout; detected when None.
+        overwrite: replace an existing ``dst`` (``dst`` may never be ``src`` itself).
+
+    Returns:
+        The :class:`ConvertReport`.
     """
     if to not in layouts.LAYOUTS:
         raise ValueError(f"--to must be one of {', '.join(layouts.LAYOUTS)}, got {to!r}")
     dst_path = Path(dst)
-    fmt = fmt or {".safetensors": "safetensors", ".pkl": "pkl"}.get(dst_path.suffix, "pth")
-    if fmt not in FORMATS:
+    implied = {".safetensors": "safetensors", ".pkl": "pkl"}.get(dst_path.suffix.lower(), "pth")
+    if fmt not in (None, *FORMATS):
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if dst_path.is_dir():
-        raise ValueError(f"DST {str(dst_path)!r} is a folder; give a file name")
+    if fmt is not None and fmt != implied:
+        raise ValueError(f"--format {fmt} disagrees with DST {dst_path.name!r}, which reads as {implied}; name "
+                         f"DST {dst_path.with_suffix(FORMAT_SUFFIXES[fmt]).name!r} or drop --format")
+    fmt = implied
+    check_destination(dst_path, [src], overwrite=overwrite, what="DST")
     if not dst_path.parent.is_dir():
         raise ValueError(f"DST folder {str(dst_path.parent)!r} does not exist")
     if not os.access(dst_path.parent, os.W_OK):

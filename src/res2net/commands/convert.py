@@ -21,6 +21,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--model", metavar="NAME", help="zoo model name (default: inferred from keys and shapes)")
     p.add_argument("--format", dest="fmt", choices=FORMATS,
                    help="output format (default from DST's suffix: .safetensors, .pkl, else pth)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST (never SRC itself)")
     p.add_argument("--from", dest="source_layout", choices=layouts.LAYOUTS,
                    help="source layout (default: detected; needs --model)")
     p.set_defaults(func=_run)
@@ -28,6 +29,6 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 def _run(args: argparse.Namespace) -> int:
     report = convert_checkpoint(args.src, args.dst, args.to, model=args.model, fmt=args.fmt,
-                                source_layout=args.source_layout)
+                                source_layout=args.source_layout, overwrite=args.overwrite)
     print("\n".join(report.lines()))
     return 0
