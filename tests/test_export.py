@@ -113,9 +113,11 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--out",
                  str(tmp_path / "no" / "r.onnx")]) == 2
     assert "--out" in capsys.readouterr().err
-    assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "13", "--out", str(out)]) == 2
+    assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "13", "--out", str(out),
+                 "--overwrite"]) == 2
     assert "opset" in capsys.readouterr().err
-    assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "17", "--out", str(out)]) == 2
+    assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "17", "--out", str(out),
+                 "--overwrite"]) == 2
     assert "--exporter torchscript" in capsys.readouterr().err
     onnx_out = tmp_path / "r99.onnx"
     assert main(["export", "--model", "resnet20_cifar", "--format", "onnx", "--opset", "99", "--out",
@@ -124,7 +126,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "opset 99: the installed onnx writes opsets 17.." in err and "Traceback" not in err
     assert not onnx_out.exists()
     assert main(["export", "--model", "resnet20_cifar", "--format", "torchscript", "--exporter", "dynamo", "--out",
-                 str(out)]) == 2
+                 str(out), "--overwrite"]) == 2
     assert "--exporter applies to --format onnx or openvino only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", "--model", "resnet20_cifar", "--format", "tflite", "--out", str(out)])
@@ -206,13 +208,14 @@ def test_cli_exports_a_training_checkpoint_with_its_own_shape(tmp_path: Path,
     ckpt = tmp_path / "fm.pt"
     torch.save({"model": state, "config": {"data": {"dataset": "fashion-mnist", "input_size": None}}}, ckpt)
     out = tmp_path / "fm.onnx"
-    assert main(["export", "--model", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    assert main(["export", "--model", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--out",
+                 str(out)]) == 0
     assert "28x28" in capsys.readouterr().out
     graph = onnx.load(str(out)).graph
     dims = [[d.dim_value for d in t.type.tensor_type.shape.dim] for t in (graph.input[0], graph.output[0])]
     assert dims == [[1, 1, 28, 28], [1, 10]]
     assert main(["export", "--model", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--num-classes", "5",
-                 "--out", str(out)]) == 2
+                 "--out", str(out), "--overwrite"]) == 2
     assert "trained with 10 classes" in capsys.readouterr().err
     grey = ex.real_input(28, (0.5,), (0.25,), in_chans=1)
     assert grey.shape == (1, 1, 28, 28) and grey.std() > 0.3
@@ -224,3 +227,31 @@ def test_export_target_that_is_a_folder_is_refused_before_any_work(tmp_path: Pat
     assert main(["export", "--model", "res2net17_slim", "--format", "torchscript", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_and_predict_never_replace_a_file_unasked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An existing --out / --json is replaced only with --overwrite; the checkpoint or an input image never."""
+    from PIL import Image
+
+    from res2net.engine import save_atomic
+
+    ckpt = tmp_path / "weights.pt"
+    save_atomic({"model": res2net.create_model("resnet20_cifar").state_dict()}, ckpt, keep_previous=False)
+    before = ckpt.read_bytes()
+    base = ["export", "--model", "resnet20_cifar", "--format", "torchscript", "--checkpoint", str(ckpt)]
+    for extra in ([], ["--overwrite"]):
+        assert main([*base, "--out", str(ckpt), *extra]) == 2
+        assert "is the command's own input" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"the user's")
+    assert main([*base, "--out", str(mine)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and mine.read_bytes() == b"the user's"
+    assert main([*base, "--out", str(mine), "--overwrite"]) == 0
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (9, 99, 199)).save(image)
+    png = image.read_bytes()
+    pred = ["predict", str(image), "--model", "resnet20_cifar", "--checkpoint", str(ckpt)]
+    assert main([*pred, "--json", str(image), "--overwrite"]) == 2
+    assert "--json" in capsys.readouterr().err and image.read_bytes() == png
+    assert main([*pred, "--csv", str(mine)]) == 2 and "exists" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..export import (DEFAULT_OPSET, EXPORTERS, FORMATS, INT8_FORMATS, MIN_OPSET, MIN_OPSET_DYNAMO, export_model,
                       model_for_export)
+from ..files import check_destination
 from .common import add_model_arg, model_name, positive_int
 
 
@@ -27,6 +28,10 @@ def _main(args: argparse.Namespace) -> int:
     if args.int8 and args.calibration is None:
         raise ValueError("--int8 needs --calibration DIR|fashion-mnist (real images of the task)")
     name = model_name(args)
+    inputs = [args.checkpoint] if args.checkpoint else []
+    outputs = [args.out, args.out.with_suffix(".bin")] if args.format == "openvino" else [args.out]
+    for out in outputs:
+        check_destination(out, inputs, overwrite=args.overwrite)
     model, trained_size, mean, std = model_for_export(name, args.checkpoint, args.num_classes)
     size = args.input_size or trained_size
     in_chans = int(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels)
@@ -53,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="weights file (default: random init)")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, type=Path, help="output file (OpenVINO: NAME.xml, NAME.bin beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the checkpoint)")
     p.add_argument("--dynamic-batch", action="store_true", help="batch dimension left symbolic")
     p.add_argument("--opset", type=int, default=None,
                    help=f"ONNX opset (default {DEFAULT_OPSET}; >= {MIN_OPSET_DYNAMO} with the dynamo exporter, "

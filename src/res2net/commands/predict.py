@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from ..errors import DataError
+from ..files import atomic_write, check_destination
 from ..predict import Predictor, find_images
 from ..jsonio import write_json
 from .common import positive_int
@@ -21,7 +22,8 @@ def _write_csv(path: Path, records: List[Dict[str, Any]], topk: int) -> None:
     writer.writerow(["file"] + [f"{key}{i + 1}" for i in range(topk) for key in ("class", "index", "prob")])
     for r in records:
         writer.writerow([r["file"]] + [v for t in r["topk"] for v in (t["class"], t["index"], f"{t['prob']:.6f}")])
-    path.write_text(buffer.getvalue())
+    with atomic_write(path) as tmp:
+        tmp.write_text(buffer.getvalue())
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -31,11 +33,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not source:
         raise ValueError("give the weights: --checkpoint PATH (a res2net train checkpoint or run folder) or "
                          "--pretrained SRC (official, hf-hub:ORG/REPO, a URL, a file or folder)")
-    for out in (args.json, args.csv):
-        if out is not None and out.is_dir():
-            raise IsADirectoryError(f"{out} is a folder; give a file name")
     walk_skipped: List[Tuple[str, str]] = []
     files = find_images(args.inputs, walk_skipped)
+    if args.json is not None and args.json == args.csv:
+        raise ValueError(f"--json and --csv name the same file {str(args.json)!r}")
+    for flag, out in (("--json", args.json), ("--csv", args.csv)):
+        if out is not None:
+            check_destination(out, [*files, source], overwrite=args.overwrite, what=flag)
     predictor = Predictor(source, args.model, topk=args.topk, batch_size=args.batch_size, tta=args.tta,
                           backend=args.backend, dtype=args.dtype, device=args.device)
     records = predictor.predict(files, progress=len(files) > 1 and sys.stderr.isatty())
@@ -79,4 +83,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--json", type=Path, help="write the records as JSON")
     p.add_argument("--csv", type=Path, help="write the records as CSV")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json/--csv file")
     p.set_defaults(func=_cmd_predict)
