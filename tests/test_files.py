@@ -92,3 +92,24 @@ def test_check_destination_refuses_an_input_and_an_existing_file_without_overwri
     with pytest.raises(FileExistsError, match="is a folder"):
         check_destination(tmp_path, [src], overwrite=True)
     assert check_destination(tmp_path / "new.pth", [src]) == tmp_path / "new.pth"
+
+
+def test_live_runs_are_seen_nested_outs_refused_and_predict_warned(tmp_path: Path) -> None:
+    """A run lock held by a live process: live_run names its pid, a new run's --out inside it is refused, and a
+    Predictor reading from it warns that the run is still training."""
+    from res2net.engine.runfolder import FolderInUse, RunLock
+    from res2net.files import live_run
+    from res2net.predict import warn_if_training
+
+    run = tmp_path / "run"
+    assert live_run(run) is None
+    with RunLock(run):
+        assert live_run(run) == str(os.getpid())
+        with pytest.raises(FolderInUse, match="is inside .*run, a run still in progress"):
+            RunLock(run / "model" / "inner").acquire()
+        (run / "model").mkdir()
+        with pytest.warns(UserWarning, match="which is still training"):
+            warn_if_training(run / "model" / "best.pt")
+    assert live_run(run) is None  # released: the lock file stays, the lock does not
+    with RunLock(run / "model" / "inner"):
+        pass

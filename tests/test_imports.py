@@ -39,7 +39,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "export": {"files", "onnxio", "runtimes", "weights", "models", "data", "errors", "extras"},
     "bench": {"optimize", "fusion", "runtimes", "layouts", "models", "data", "errors", "extras", "profiling",
               "jsonio", "hardware"},
-    "predict": {"optimize", "pretrained", "weights", "data", "errors", "hardware"},
+    "predict": {"files", "optimize", "pretrained", "weights", "data", "errors", "hardware"},
     "timm_compat": {"pretrained", "models"},
 }
 TOP = {"commands", "cli", "res2net"}  # the command layer and the package root may import anything below

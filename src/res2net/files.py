@@ -9,6 +9,7 @@ previous file intact and no temporary behind. Published files get the usual mode
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -18,7 +19,27 @@ from typing import Iterator, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["atomic_write", "check_destination", "publish", "usual_mode"]
+__all__ = ["RUN_LOCK_NAME", "atomic_write", "check_destination", "live_run", "publish", "usual_mode"]
+
+RUN_LOCK_NAME = ".res2net.lock"  # held with flock by a run writing into its folder (res2net.engine.runfolder)
+
+
+def live_run(folder: PathLike) -> Optional[str]:
+    """Whether a live process holds ``folder``'s run lock: its pid (or ``"?"``) if so, else None."""
+    path = Path(folder) / RUN_LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def check_destination(dest: PathLike, inputs: Sequence[PathLike] = (), overwrite: bool = False,

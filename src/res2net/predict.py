@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -20,6 +21,7 @@ from .data import normalize
 from .data.preprocessing import Preprocessing
 from .data.samples import IMAGE_EXTS, load_image, resize_center
 from .errors import DataError, Res2NetError
+from .files import live_run
 from .hardware import default_dtype, select_device
 from .weights import card_preprocessing
 
@@ -123,6 +125,17 @@ def find_images(inputs: Sequence[Union[str, Path]], skipped: Optional[List[Tuple
     return files
 
 
+def warn_if_training(path: Path) -> None:
+    """A warning naming the run when ``path`` lies in a run folder that is still training (its ``best.pt`` and
+    ``pretrained/`` may be replaced while they are used)."""
+    for folder in (path, *path.resolve().parents):
+        holder = live_run(folder)
+        if holder is not None:
+            warnings.warn(f"{path} belongs to the run {folder}, which is still training (pid {holder}): its weights "
+                          "may change; the ones read now are used", UserWarning, stacklevel=3)
+            return
+
+
 class Predictor:
     """Top-k classification of images by one model.
 
@@ -147,6 +160,8 @@ class Predictor:
                  dtype: str = "auto", device: Union[str, torch.device] = "cpu") -> None:
         if tta not in TTA:
             raise ValueError(f"tta must be one of {TTA}, got {tta!r}")
+        if isinstance(model_or_source, (str, Path)):
+            warn_if_training(Path(model_or_source))
         if dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {dtype!r}")
         if dtype != "auto" and backend is None:

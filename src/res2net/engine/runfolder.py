@@ -15,8 +15,9 @@ from types import TracebackType
 from typing import Optional, Type, Union
 
 from ..errors import Res2NetError
+from ..files import RUN_LOCK_NAME, live_run
 
-LOCK_NAME = ".res2net.lock"
+LOCK_NAME = RUN_LOCK_NAME
 
 
 class FolderInUse(Res2NetError):
@@ -51,6 +52,11 @@ class RunLock:
         """Take the lock (creating the folder); raises at once when another process holds it."""
         if self.fd is not None:
             return self
+        for parent in self.folder.resolve().parents:
+            holder = live_run(parent)
+            if holder is not None:
+                raise FolderInUse(f"output folder {self.folder} is inside {parent}, a run still in progress (pid "
+                                  f"{holder}); choose an --out outside it")
         ensure_writable_folder(self.folder)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
