@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..errors import ConfigError
+from ..hardware import select_device
 from .cases import DTYPES, RUNTIMES, BenchConfig, Case, Result, matmul_probe_cases, model_cases, roofline_cases
 
 
@@ -40,10 +41,7 @@ def check_config(cfg: BenchConfig) -> torch.device:
         raise ConfigError(f"batch_sizes must be positive integers, got {list(cfg.batch_sizes)}")
     if not cfg.infer and not cfg.train:
         raise ConfigError("nothing to measure: both inference and training are off")
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda requested but torch.cuda.is_available() is False")
-    return device
+    return select_device(cfg.device, what="--device")
 
 
 def _time_rounds(cases: List[Case], cfg: BenchConfig, device: torch.device, log: Callable[[str], None]) -> None:
