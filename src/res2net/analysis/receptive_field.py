@@ -217,10 +217,22 @@ def receptive_field_report(name: str, out: str | Path, checkpoint: Optional[str]
     write_json(folder / "rf_theory.json", {label: recs for label, recs in theory.items()})
 
     baseline = baseline or spec.baseline
+    photos = [img for _, img in sample_images()][:images]
+    models = [(name, checkpoint)] + ([(baseline, baseline_checkpoint)] if baseline else [])
+    measured, erf_rows = _measure(models, photos, input_size)
+    torch.save(measured, folder / "erf_maps.pt")
+    erf_plot(measured, folder / "erf.png")
+    write_csv(folder / "erf.csv", erf_rows)
+    (folder / "report.md").write_text("\n".join(_report_lines(theory, erf_rows, len(photos), command)))
+    return folder / "report.md"
+
+
+def _measure(models: Sequence[Tuple[str, Optional[str]]], photos: Sequence[Tensor], input_size: Optional[int]
+             ) -> Tuple[Dict[str, List[Tensor]], List[Dict[str, Any]]]:
+    """ERF maps per stage of each (name, checkpoint) and one row per stage output (ERF50/90, theoretical max)."""
     measured: Dict[str, List[Tensor]] = {}
     erf_rows: List[Dict[str, Any]] = []
-    photos = [img for _, img in sample_images()][:images]
-    for model_name, ckpt in [(name, checkpoint)] + ([(baseline, baseline_checkpoint)] if baseline else []):
+    for model_name, ckpt in models:
         model, prep = trained_model(model_name, ckpt)
         size = input_size or prep.input_size
         maps = effective_rf(model, erf_inputs(photos, size, model.in_chans, prep.mean, prep.std))
@@ -231,11 +243,7 @@ def receptive_field_report(name: str, out: str | Path, checkpoint: Optional[str]
             erf_rows.append({"model": model_name, "weights": str(ckpt) if ckpt else "random", "output": f"C{i + 1}",
                              "input_size": size, "erf90_px": erf_extent(erf, 0.9),
                              "erf50_px": erf_extent(erf, 0.5), "theoretical_rf_px": theory_max[ends[i]]})
-    torch.save(measured, folder / "erf_maps.pt")
-    erf_plot(measured, folder / "erf.png")
-    write_csv(folder / "erf.csv", erf_rows)
-    (folder / "report.md").write_text("\n".join(_report_lines(theory, erf_rows, len(photos), command)))
-    return folder / "report.md"
+    return measured, erf_rows
 
 
 def _report_lines(theory: Dict[str, List[Dict[str, Any]]], erf_rows: Sequence[Dict[str, Any]], photos: int,
