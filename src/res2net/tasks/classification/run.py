@@ -137,8 +137,8 @@ def _print_results(out: Path, summaries: Mapping[str, Dict[str, Any]], stats: Op
                         f"null in {out / 'metrics.json'} (see the skipped-image warnings)")
 
 
-def evaluate_checkpoint(checkpoint: Union[str, Path], name: Optional[str] = None, values: Optional[Dict[str, Any]] = None,
-                        overrides: Sequence[str] = ()) -> Dict[str, Any]:
+def evaluate_checkpoint(checkpoint: Union[str, Path], name: Optional[str] = None,
+                        values: Optional[Dict[str, Any]] = None, overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """Top-1/top-5 of a checkpoint (ours or a bare state_dict) on the test split of a data set: the
     checkpoint's own data settings (without its subsets) < ``values`` < ``overrides``.
 
