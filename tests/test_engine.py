@@ -198,7 +198,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path: Path) -> None:
 
 
 def test_lr_linear_scaling_rule() -> None:
-    from res2net.engine.trainer import scaled_lr
+    from res2net.engine.optim import scaled_lr
 
     assert math.isclose(scaled_lr(OptimConfig(lr=0.1, lr_batch=256), 512), 0.2)
 

@@ -26,7 +26,7 @@ from res2net.engine import Trainer, load_checkpoint, save_atomic
 from res2net.engine.checkpoint import load_latest, previous_path
 from res2net.jsonio import dumps_strict, write_json
 from res2net.engine.runfolder import FolderInUse, RunLock
-from res2net.engine.trainer import Preempted
+from res2net.engine.signals import Preempted
 from res2net.errors import CheckpointError, ConfigError
 from test_engine import ToyConfig, ToyTask
 

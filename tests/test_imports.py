@@ -31,7 +31,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "engine": {"files", "weights", "models", "data", "errors", "jsonio", "hardware"},
     "tasks": {"engine", "pretrained", "weights", "models", "layers", "data", "errors", "jsonio", "reporting",
               "profiling", "hardware"},
-    "analysis": {"weights", "models", "layers", "data", "errors", "reporting", "profiling", "hardware"},
+    "analysis": {"weights", "models", "layers", "data", "errors", "jsonio", "reporting", "profiling", "hardware"},
     "fusion": {"layers", "errors", "hardware"},
     "onnxio": {"models", "data", "errors", "extras"},
     "runtimes": {"files", "fusion", "onnxio", "data", "errors", "extras", "hardware"},

@@ -106,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except Exception as exc:
         code = getattr(exc, "exit_code", None)
-        if isinstance(code, int):  # e.g. engine.trainer.Preempted: a requested stop, not an error
+        if isinstance(code, int):  # e.g. engine.signals.Preempted: a requested stop, not an error
             print(f"{prefix}: {_one_line(exc)}", file=sys.stderr)
             return code
         if os.environ.get("RES2NET_DEBUG"):

@@ -12,7 +12,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..reporting import pyplot, save_image_grid
+from ..data.samples import load_image, resize_center, sample_images
+from ..jsonio import write_json
+from ..reporting import md_table, out_dir, pyplot, save_image_grid
+from .common import trained_model
 
 
 def resolve_layer(model: nn.Module, layer: Optional[str] = None) -> nn.Module:
@@ -113,3 +116,50 @@ def run_cam(model: nn.Module, name: str, images: Sequence[Tuple[str, Tensor]], m
     names = class_names(model.num_classes)
     labels = [f"{t}: {names[t]}" if names else f"class {t}" for t in targets]
     return {"model": name, "maps": maps, "targets": targets, "labels": labels}
+
+
+def cam_report(models: Sequence[Tuple[str, Optional[str]]], out: str | Path, images: Sequence[str] = (),
+               layer: Optional[str] = None, target: Optional[int] = None, input_size: Optional[int] = None,
+               command: str = "res2net cam") -> Path:
+    """Grad-CAM of one model or more, side by side, on image files or the scikit-image sample photos: ``cam.png``,
+    ``cam.json``, ``maps.pt`` and ``report.md`` in ``out``.
+
+    Args:
+        models: (name, checkpoint) per model; a None checkpoint is random weights.
+        out: the report folder (created).
+        images: image files (empty: the sample photos).
+        layer: the module explained (``model.named_modules`` name; None: the last stage).
+        target: the class explained (None: each model's prediction).
+        input_size: image side (None: the first model card's; later maps are resized to match).
+        command: the command line recorded in the report.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    raw = [(Path(p).stem, load_image(p)) for p in images] if images else sample_images()
+    folder = out_dir(out)
+    results = []
+    shown = None
+    for name, ckpt in models:
+        model, prep = trained_model(name, ckpt)
+        size = input_size or prep.input_size
+        resized = [(n, resize_center(img, size, model.in_chans)) for n, img in raw]
+        res = run_cam(model, name, resized, prep.mean, prep.std, layer, target)
+        shown = shown or resized
+        side = shown[0][1].shape[-1]
+        if res["maps"].shape[-1] != side:  # the second model's card has another input size: match the figure
+            res["maps"] = torch.nn.functional.interpolate(res["maps"][:, None], size=(side, side), mode="bilinear",
+                                                          align_corners=False)[:, 0]
+        results.append(res)
+    assert shown is not None
+    overlay_figure(shown, results, folder / "cam.png")
+    summary = [{"model": r["model"], "image": n, "target": t, "label": lab}
+               for r in results for (n, _), t, lab in zip(shown, r["targets"], r["labels"])]
+    write_json(folder / "cam.json", {"layer": layer or "last stage", "results": summary})
+    torch.save({r["model"]: r["maps"] for r in results}, folder / "maps.pt")
+    lines = ["# Grad-CAM", "", f"Command: `{command}`", "",
+             f"Layer: {layer or 'last stage'}; weights: "
+             + ", ".join(f"{n} {'(' + str(c) + ')' if c else '(random: no checkpoint)'}" for n, c in models if n),
+             ""] + md_table(["model", "image", "target"], [[s["model"], s["image"], s["label"]] for s in summary])
+    (folder / "report.md").write_text("\n".join(lines + ["", "![cam](cam.png)", ""]))
+    return folder / "report.md"

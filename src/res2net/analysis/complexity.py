@@ -14,6 +14,8 @@ Conventions:
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -124,3 +126,53 @@ def plot(rows: Sequence[Dict[str, Any]], path: Any, batch_size: int) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def complexity_rows(names: Sequence[str], input_size: int = 224, batch_size: int = 16, warmup: int = 2,
+                    repeats: int = 5, memory: bool = True, device: Optional[torch.device] = None,
+                    progress: bool = False) -> List[Dict[str, Any]]:
+    """The complexity table: :func:`complexity_row` of each model, in order.
+
+    Args:
+        names: the models.
+        input_size: image side.
+        batch_size: the larger latency batch (batch 1 is always measured).
+        warmup: untimed forwards before timing.
+        repeats: timed forwards (the median is kept).
+        memory: measure peak memory (else NaN).
+        device: where to measure (None: the CPU).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        One row per model.
+    """
+    from tqdm.auto import tqdm
+
+    return [complexity_row(n, input_size, batch_size, warmup, repeats, memory=memory, device=device)
+            for n in tqdm(names, desc="complexity", disable=not progress, file=sys.stderr)]
+
+
+def write_complexity_report(out: str | Path, rows: Sequence[Dict[str, Any]], input_size: int, batch_size: int,
+                            command: str, device: str = "cpu") -> Path:
+    """``complexity.json``, ``complexity.csv``, ``complexity.png`` and ``report.md`` of ``rows`` in ``out``.
+
+    Args:
+        out: the report folder (created).
+        rows: :func:`complexity_rows`.
+        input_size: their image side.
+        batch_size: their larger latency batch.
+        command: the command line recorded in the report.
+        device: the device they were measured on.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    from ..jsonio import write_json
+    from ..reporting import out_dir, write_csv
+
+    folder = out_dir(out)
+    write_json(folder / "complexity.json", list(rows))
+    write_csv(folder / "complexity.csv", list(rows))
+    plot(rows, folder / "complexity.png", batch_size)
+    (folder / "report.md").write_text("\n".join(report_lines(rows, input_size, batch_size, command, device)))
+    return folder / "report.md"

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Any, Dict, List, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ..data.samples import sample_images
+from ..jsonio import write_json
 from ..layers import Res2NetBlock
-from ..models import ResNet, get_spec
+from ..models import ResNet, create_model, get_spec
+from ..reporting import md_table, out_dir, write_csv
+from .common import trained_model
 
 Paths = Counter  # receptive-field size (pixels) -> number of paths
 
@@ -175,3 +180,86 @@ def erf_plot(maps: Dict[str, List[Tensor]], path: Any) -> None:
             axes[i][j].imshow(erf.sqrt().numpy(), cmap="inferno")
             axes[i][j].set_title(f"{label}\nC{j + 1}", fontsize=8)
     save_image_grid(fig, axes, path)
+
+
+def receptive_field_report(name: str, out: str | Path, checkpoint: Optional[str] = None,
+                           baseline: Optional[str] = None, baseline_checkpoint: Optional[str] = None,
+                           input_size: Optional[int] = None, images: int = 4,
+                           command: str = "res2net receptive-field") -> Path:
+    """The receptive-field report of ``name``: theoretical size sets against the bottleneck of the same depth
+    (``rf_theory.{png,csv,json}``) and measured ERFs per stage against the baseline (``erf.{png,csv}``,
+    ``erf_maps.pt``), summed up in ``report.md``.
+
+    Args:
+        name: a ResNet-family model.
+        out: the report folder (created).
+        checkpoint: weights of ``name`` (None: random weights).
+        baseline: the model measured beside it (None: the card's baseline).
+        baseline_checkpoint: weights of the baseline.
+        input_size: image side (None: each model card's).
+        images: sample photos averaged.
+        command: the command line recorded in the report.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    spec = get_spec(name)
+    if baseline_checkpoint and not (baseline or spec.baseline):
+        raise ValueError(f"--baseline-checkpoint needs --baseline NAME ({name} names no baseline)")
+    folder = out_dir(out)
+    with torch.device("meta"):
+        net = create_model(name, num_classes=0)
+    theory = {name: theoretical_rf(net), "bottleneck (s=1), same depth": theoretical_rf(bottleneck_of(name))}
+    theory_plot(theory, folder / "rf_theory.png")
+    rows = [{"model": label, **{k: v for k, v in r.items() if k != "sizes"}}
+            for label, recs in theory.items() for r in recs]
+    write_csv(folder / "rf_theory.csv", rows)
+    write_json(folder / "rf_theory.json", {label: recs for label, recs in theory.items()})
+
+    baseline = baseline or spec.baseline
+    photos = [img for _, img in sample_images()][:images]
+    models = [(name, checkpoint)] + ([(baseline, baseline_checkpoint)] if baseline else [])
+    measured, erf_rows = _measure(models, photos, input_size)
+    torch.save(measured, folder / "erf_maps.pt")
+    erf_plot(measured, folder / "erf.png")
+    write_csv(folder / "erf.csv", erf_rows)
+    (folder / "report.md").write_text("\n".join(_report_lines(theory, erf_rows, len(photos), command)))
+    return folder / "report.md"
+
+
+def _measure(models: Sequence[Tuple[str, Optional[str]]], photos: Sequence[Tensor], input_size: Optional[int]
+             ) -> Tuple[Dict[str, List[Tensor]], List[Dict[str, Any]]]:
+    """ERF maps per stage of each (name, checkpoint) and one row per stage output (ERF50/90, theoretical max)."""
+    measured: Dict[str, List[Tensor]] = {}
+    erf_rows: List[Dict[str, Any]] = []
+    for model_name, ckpt in models:
+        model, prep = trained_model(model_name, ckpt)
+        size = input_size or prep.input_size
+        maps = effective_rf(model, erf_inputs(photos, size, model.in_chans, prep.mean, prep.std))
+        measured[model_name] = maps
+        theory_max = [r["max_rf"] for r in theoretical_rf(model)]
+        ends = [0] + list(torch.tensor([len(s) for s in model.stage_modules()]).cumsum(0).tolist())
+        for i, erf in enumerate(maps):
+            erf_rows.append({"model": model_name, "weights": str(ckpt) if ckpt else "random", "output": f"C{i + 1}",
+                             "input_size": size, "erf90_px": erf_extent(erf, 0.9),
+                             "erf50_px": erf_extent(erf, 0.5), "theoretical_rf_px": theory_max[ends[i]]})
+    return measured, erf_rows
+
+
+def _report_lines(theory: Dict[str, List[Dict[str, Any]]], erf_rows: Sequence[Dict[str, Any]], photos: int,
+                  command: str) -> List[str]:
+    """report.md of the receptive-field report."""
+    last = {label: recs[-1] for label, recs in theory.items()}
+    lines = ["# Receptive fields", "", f"Command: `{command}`", "",
+             "## Theory: receptive-field sizes created per block", "",
+             "Sizes in input pixels; `paths` counts distinct input-to-output paths (see docs/ANALYSES.md).", ""]
+    lines += md_table(["model", "blocks", "distinct sizes (last block)", "paths", "min", "mean", "max"],
+                      [[label, len(theory[label]) - 1, r["distinct_sizes"], f"{r['paths']:.3g}", r["min_rf"],
+                        f"{r['mean_rf']:.1f}", r["max_rf"]] for label, r in last.items()])
+    lines += ["", "![theory](rf_theory.png)", "", "## Measured effective receptive fields", "",
+              f"|d y_centre / d x| averaged over {photos} scikit-image photos; `erf90` = side of the centred "
+              "square holding 90% of the gradient mass.", ""]
+    lines += md_table(["model", "weights", "output", "input", "erf50 (px)", "erf90 (px)", "theoretical max (px)"],
+                      [[r["model"], r["weights"], r["output"], r["input_size"], r["erf50_px"], r["erf90_px"],
+                        r["theoretical_rf_px"]] for r in erf_rows])
+    return lines + ["", "![erf](erf.png)", ""]

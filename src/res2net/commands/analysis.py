@@ -1,21 +1,16 @@
-"""``res2net complexity | ablation | cam | receptive-field``: each writes a report folder (``--out DIR``)."""
+"""``res2net complexity | ablation | cam | receptive-field``: the flags; each analysis writes a report folder
+(``--out DIR``) through :mod:`res2net.analysis` or :mod:`res2net.tasks.ablation`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import sys
 import time
-from pathlib import Path
-from typing import Any, Dict, List
 
 import torch
 
-from ..analysis.common import trained_model
-from ..data.samples import sample_images
-from ..jsonio import write_json
-from ..reporting import md_table, out_dir, write_csv
+from ..reporting import out_dir
 from ..tasks.ablation import BUDGETS, DATA_CARDS, VARIANTS, plan, sweep, write_report
 from .common import command_line, positive_int
 
@@ -29,27 +24,20 @@ def _device(name: str) -> torch.device:
 # ---- complexity ----------------------------------------------------------------------------------------------
 def cmd_complexity(args: argparse.Namespace) -> int:
     """Params, MACs, latency and peak memory of each model; ``--json`` prints the list to stdout."""
-    from tqdm.auto import tqdm
-
-    from ..analysis.complexity import DEFAULT_PATTERNS, complexity_row, json_keys, plot, report_lines, resolve_models
+    from ..analysis.complexity import (DEFAULT_PATTERNS, complexity_rows, json_keys, report_lines, resolve_models,
+                                       write_complexity_report)
 
     if args.batch_size < 2:
         raise ValueError(f"--batch-size must be >= 2 (batch 1 is always measured), got {args.batch_size}")
     names = resolve_models(args.patterns or DEFAULT_PATTERNS)
     device = _device(args.device)
-    rows = [complexity_row(n, args.input_size, args.batch_size, args.warmup, args.repeats,
-                           memory=not args.no_memory, device=device)
-            for n in tqdm(names, desc="complexity", disable=args.json or len(names) < 2, file=sys.stderr)]
-    keys = json_keys(args.batch_size)
+    rows = complexity_rows(names, args.input_size, args.batch_size, args.warmup, args.repeats,
+                           memory=not args.no_memory, device=device, progress=not args.json and len(names) >= 2)
     if args.out:
-        out = out_dir(args.out)
-        write_json(out / "complexity.json", rows)
-        write_csv(out / "complexity.csv", rows)
-        plot(rows, out / "complexity.png", args.batch_size)
-        (out / "report.md").write_text("\n".join(report_lines(rows, args.input_size, args.batch_size,
-                                                              command_line("complexity"), str(device))))
+        write_complexity_report(args.out, rows, args.input_size, args.batch_size, command_line("complexity"),
+                                str(device))
     if args.json:
-        print(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
+        print(json.dumps([{k: r[k] for k in json_keys(args.batch_size)} for r in rows], indent=2))
     else:
         print("\n".join(report_lines(rows, args.input_size, args.batch_size, command_line("complexity"),
                                      str(device))[4:-2]))
@@ -59,99 +47,25 @@ def cmd_complexity(args: argparse.Namespace) -> int:
 # ---- cam -----------------------------------------------------------------------------------------------------
 def cmd_cam(args: argparse.Namespace) -> int:
     """Grad-CAM of one model (or two, side by side) on images or the scikit-image samples."""
-    from ..analysis.cam import overlay_figure, run_cam
-    from ..data.samples import load_image, resize_center
+    from ..analysis.cam import cam_report
 
     if args.compare_checkpoint and not args.compare:
         raise ValueError("--compare-checkpoint needs --compare NAME2")
-    raw = [(Path(p).stem, load_image(p)) for p in args.images] if args.images else sample_images()
-    out = out_dir(args.out)
-    results = []
-    shown = None
-    for name, ckpt in [(args.model, args.checkpoint)] + ([(args.compare, args.compare_checkpoint)]
-                                                        if args.compare else []):
-        model, prep = trained_model(name, ckpt)
-        size = args.input_size or prep.input_size
-        images = [(n, resize_center(img, size, model.in_chans)) for n, img in raw]
-        res = run_cam(model, name, images, prep.mean, prep.std, args.layer, args.target)
-        shown = shown or images
-        side = shown[0][1].shape[-1]
-        if res["maps"].shape[-1] != side:  # the second model's card has another input size: match the figure
-            res["maps"] = torch.nn.functional.interpolate(res["maps"][:, None], size=(side, side), mode="bilinear",
-                                                          align_corners=False)[:, 0]
-        results.append(res)
-    assert shown is not None
-    overlay_figure(shown, results, out / "cam.png")
-    summary = [{"model": r["model"], "image": n, "target": t, "label": lab}
-               for r in results for (n, _), t, lab in zip(shown, r["targets"], r["labels"])]
-    write_json(out / "cam.json", {"layer": args.layer or "last stage", "results": summary})
-    torch.save({r["model"]: r["maps"] for r in results}, out / "maps.pt")
-    lines = ["# Grad-CAM", "", f"Command: `{command_line('cam')}`", "",
-             f"Layer: {args.layer or 'last stage'}; weights: "
-             + ", ".join(f"{n} {'(' + str(c) + ')' if c else '(random: no checkpoint)'}"
-                         for n, c in [(args.model, args.checkpoint), (args.compare, args.compare_checkpoint)] if n),
-             ""] + md_table(["model", "image", "target"], [[s["model"], s["image"], s["label"]] for s in summary])
-    (out / "report.md").write_text("\n".join(lines + ["", "![cam](cam.png)", ""]))
-    print(f"report: {out / 'report.md'}")
+    models = [(args.model, args.checkpoint)] + ([(args.compare, args.compare_checkpoint)] if args.compare else [])
+    report = cam_report(models, args.out, args.images, layer=args.layer, target=args.target,
+                        input_size=args.input_size, command=command_line("cam"))
+    print(f"report: {report}")
     return 0
 
 
 # ---- receptive field -----------------------------------------------------------------------------------------
 def cmd_receptive_field(args: argparse.Namespace) -> int:
     """Theoretical receptive-field sets vs the bottleneck, and measured ERFs vs the baseline."""
-    from ..models import create_model, get_spec
-    from ..analysis.receptive_field import (bottleneck_of, effective_rf, erf_extent, erf_inputs, erf_plot, theoretical_rf,
-                                  theory_plot)
+    from ..analysis.receptive_field import receptive_field_report
 
-    spec = get_spec(args.name)
-    if args.baseline_checkpoint and not (args.baseline or spec.baseline):
-        raise ValueError(f"--baseline-checkpoint needs --baseline NAME ({args.name} names no baseline)")
-    out = out_dir(args.out)
-    with torch.device("meta"):
-        net = create_model(args.name, num_classes=0)
-    theory = {args.name: theoretical_rf(net), "bottleneck (s=1), same depth": theoretical_rf(bottleneck_of(args.name))}
-    theory_plot(theory, out / "rf_theory.png")
-    rows = [{"model": label, **{k: v for k, v in r.items() if k != "sizes"}}
-            for label, recs in theory.items() for r in recs]
-    write_csv(out / "rf_theory.csv", rows)
-    write_json(out / "rf_theory.json", {label: recs for label, recs in theory.items()})
-
-    baseline = args.baseline or spec.baseline
-    measured: Dict[str, List[torch.Tensor]] = {}
-    erf_rows: List[Dict[str, Any]] = []
-    photos = [img for _, img in sample_images()][: args.images]
-    for name, ckpt in [(args.name, args.checkpoint)] + ([(baseline, args.baseline_checkpoint)] if baseline else []):
-        model, prep = trained_model(name, ckpt)
-        size = args.input_size or prep.input_size
-        x = erf_inputs(photos, size, model.in_chans, prep.mean, prep.std)
-        maps = effective_rf(model, x)
-        measured[name] = maps
-        theory_max = [r["max_rf"] for r in theoretical_rf(model)]
-        ends = [0] + list(torch.tensor([len(s) for s in model.stage_modules()]).cumsum(0).tolist())
-        for i, erf in enumerate(maps):
-            erf_rows.append({"model": name, "weights": str(ckpt) if ckpt else "random", "output": f"C{i + 1}",
-                             "input_size": size, "erf90_px": erf_extent(erf, 0.9),
-                             "erf50_px": erf_extent(erf, 0.5), "theoretical_rf_px": theory_max[ends[i]]})
-    torch.save(measured, out / "erf_maps.pt")
-    erf_plot(measured, out / "erf.png")
-    write_csv(out / "erf.csv", erf_rows)
-
-    last = {label: recs[-1] for label, recs in theory.items()}
-    lines = ["# Receptive fields", "", f"Command: `{command_line('receptive-field')}`", "",
-             "## Theory: receptive-field sizes created per block", "",
-             "Sizes in input pixels; `paths` counts distinct input-to-output paths (see docs/ANALYSES.md).", ""]
-    lines += md_table(["model", "blocks", "distinct sizes (last block)", "paths", "min", "mean", "max"],
-                      [[label, len(theory[label]) - 1, r["distinct_sizes"], f"{r['paths']:.3g}", r["min_rf"],
-                        f"{r['mean_rf']:.1f}", r["max_rf"]] for label, r in last.items()])
-    lines += ["", "![theory](rf_theory.png)", "", "## Measured effective receptive fields", "",
-              f"|d y_centre / d x| averaged over {len(photos)} scikit-image photos; `erf90` = side of the centred "
-              "square holding 90% of the gradient mass.", ""]
-    lines += md_table(["model", "weights", "output", "input", "erf50 (px)", "erf90 (px)", "theoretical max (px)"],
-                      [[r["model"], r["weights"], r["output"], r["input_size"], r["erf50_px"], r["erf90_px"],
-                        r["theoretical_rf_px"]] for r in erf_rows])
-    lines += ["", "![erf](erf.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    print(f"report: {out / 'report.md'}")
+    report = receptive_field_report(args.name, args.out, args.checkpoint, args.baseline, args.baseline_checkpoint,
+                                    args.input_size, args.images, command=command_line("receptive-field"))
+    print(f"report: {report}")
     return 0
 
 

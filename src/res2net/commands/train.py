@@ -1,30 +1,18 @@
-"""``res2net train`` and ``res2net eval``: image classification on the shared engine."""
+"""``res2net train`` and ``res2net eval``: the flags of image classification on the shared engine; the work is
+:mod:`res2net.tasks.classification.run`'s."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
-import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
 
-import torch
-from torch import Tensor
-
-from ..engine import Context, DistInfo, build_loader, fit, load_config, select_amp, select_device
-from ..engine.distributed import init_distributed
+from ..engine import load_config
+from ..errors import ConfigError
 from ..jsonio import write_json
-from ..engine.runfolder import RunLock
-from ..errors import CheckpointError, ConfigError, DataError
 from ..models import get_spec
-from ..tasks.classification import (DATASETS, DEFAULT_RECIPE, ClassificationConfig, ClassificationData,
-                                    ClassificationTask, earlier_models, load_data, model_summary,
-                                    write_report)
-from ..pretrained import PRETRAINED_DIR, fetch_first, save_pretrained
-from ..tasks.classification.seeds import seed_statistics, seeds_plot
-from ..weights import describe_checkpoint, model_from_checkpoint
+from ..tasks.classification import DATASETS, DEFAULT_RECIPE, ClassificationConfig
+from ..tasks.classification.run import evaluate_checkpoint, train_models
 from .common import add_engine_args, command_line, engine_values, positive_int
 
 TASK_FLAGS = {"model": "model.names", "dataset": "data.dataset", "data_dir": "data.root",
@@ -47,29 +35,6 @@ def train_config(args: argparse.Namespace) -> ClassificationConfig:
     return cfg
 
 
-def train_one(name: str, cfg: ClassificationConfig, out: Path, resume: bool, quiet: bool
-              ) -> Tuple[Dict[str, Any], Optional[Tensor], ClassificationData]:
-    """Fit one model (fine-tuning from ``model.pretrained`` when set) into ``out``; write its best weights as a
-    :func:`~res2net.pretrained.save_pretrained` folder (``out/pretrained``); return its report entry."""
-    weights = None
-    if cfg.model.pretrained:
-        weights = fetch_first(name, True if cfg.model.pretrained == "official" else cfg.model.pretrained)
-    data = load_data(cfg.data, name, cfg.run.seed, card=weights.preprocessing if weights else None)
-    task = ClassificationTask(name, cfg, data, weights)
-    if not quiet:
-        start = f", fine-tuning from {weights.source}" if weights else ""
-        print(f"== {name}: {len(data.train)} train / {len(data.test)} test images, {cfg.run.epochs} epochs{start}, "
-              f"out {out}", file=sys.stderr)
-    result = fit(task, cfg, out, resume=resume)
-    summary = model_summary(name, result, data, len(task.skipped))
-    if task.dist.is_main and (out / "best.pt").is_file():
-        best = model_from_checkpoint(out / "best.pt", name)
-        save_pretrained(best.model, out / PRETRAINED_DIR, name, classes=data.classes,
-                        preprocessing=best.preprocessing, data=cfg.data.dataset, command=command_line("train"),
-                        metrics={k: summary[k] for k in ("test_top1", "test_top5")})
-    return summary, task.confusion, data
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """``res2net train``: train every model of the config (``--seeds N``: each with N seeds, one after the
     other), then write the report (rank 0)."""
@@ -77,100 +42,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR (the folder of the run to continue)")
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    dist = init_distributed(cfg.run.device)
-    lock = RunLock(out)  # one run at a time per --out
-    try:
-        if dist.is_main:
-            lock.acquire()
-            earlier_models(out, cfg.data.dataset)  # a report of another data set is refused before training
-        return train_all(args, cfg, out, dist)
-    finally:
-        lock.release()
-
-
-def train_all(args: argparse.Namespace, cfg: ClassificationConfig, out: Path, dist: DistInfo) -> int:
-    """Train every model of ``cfg`` into ``out`` (each with ``--seeds`` seeds), then write the report."""
-    start = time.perf_counter()
-    summaries: Dict[str, Dict[str, Any]] = {}
-    confusions: Dict[str, Optional[Tensor]] = {}
-    data: Optional[ClassificationData] = None
-    seeds = [cfg.run.seed + k for k in range(args.seeds)]
-    top1: Dict[str, List[float]] = {name: [] for name in cfg.model.names}
-    for k, seed in enumerate(seeds):
-        run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
-        for name in cfg.model.names:
-            folder = out / name if args.seeds == 1 else out / name / f"seed{seed}"
-            summary, confusion, data = train_one(name, run_cfg, folder, args.resume,
-                                                 quiet=not dist.is_main or cfg.run.quiet)
-            top1[name].append(summary["test_top1"])
-            if k == 0:
-                summaries[name], confusions[name] = summary, confusion
-    wall = time.perf_counter() - start
-    if dist.is_main and data is not None:
-        stats = None
-        if args.seeds > 1:
-            pairs = [(n, get_spec(n).baseline) for n in cfg.model.names if get_spec(n).baseline in top1]
-            stats = seed_statistics(top1, [(a, b) for a, b in pairs if b is not None])
-            seeds_plot(stats, out / "seeds.png")
-        write_report(out, summaries, confusions, data.classes, cfg, wall, command_line("train"), seeds=stats)
-        for name, s in summaries.items():
-            if stats:
-                m = stats["models"][name]
-                print(f"{name}: top-1 {100 * m['mean']:.2f}% +- {100 * m['std']:.2f} over {args.seeds} seeds")
-            else:
-                print(f"{name}: top-1 {100 * s['test_top1']:.2f}%  top-5 {100 * s['test_top5']:.2f}%  "
-                      f"{s['train_seconds']:.0f} s  {s['images_per_second']:.0f} img/s")
-        for pair in (stats or {}).get("pairs", []):
-            lo, hi = pair["ci95"]
-            print(f"{pair['model']} - {pair['baseline']}: {100 * pair['mean_diff']:+.2f} points, 95% CI "
-                  f"[{100 * lo:+.2f}, {100 * hi:+.2f}] ({'excludes' if pair['excludes_zero'] else 'includes'} 0)")
-        print(f"report: {out / 'report.md'}")
-        unscored = [n for n, s in summaries.items() if not math.isfinite(s["test_top1"])]
-        if unscored:
-            raise DataError(f"no evaluation image could be read for {', '.join(unscored)}: their test metrics are "
-                            f"null in {out / 'metrics.json'} (see the skipped-image warnings)")
+    train_models(cfg, out, seeds=args.seeds, resume=args.resume, command=command_line("train"))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``res2net eval``: top-1/top-5 error of a checkpoint on a data set; prints and writes JSON."""
-    info = describe_checkpoint(args.checkpoint)
-    name = args.model or info.model_name
-    if not name:
-        raise CheckpointError(f"{args.checkpoint} does not say which model it holds; give --model NAME")
-    data_values = dict((info.config or {}).get("data", {}))
-    for key in ("train_subset", "test_subset"):
-        data_values.pop(key, None)
-    values = {f"data.{k}": v for k, v in data_values.items()}
     flags = {"data.dataset": args.dataset, "data.root": args.data_dir, "data.test_subset": args.test_subset,
              "optim.batch_size": args.batch_size, "run.device": args.device, "run.workers": args.workers}
-    values.update({k: v for k, v in flags.items() if v is not None})
-    cfg = load_config(ClassificationConfig, None, args.overrides, values)
-    data = load_data(cfg.data, name, cfg.run.seed)
-    task = ClassificationTask(name, cfg, data)
-    model = model_from_checkpoint(info, name).model
-    if (model.num_classes, model.in_chans) != (len(data.classes), data.in_chans):
-        raise CheckpointError(f"{args.checkpoint} holds {name} for {model.num_classes} classes and {model.in_chans} "
-                              f"input channel(s); {cfg.data.dataset} has {len(data.classes)} and {data.in_chans}")
-    device = select_device(cfg.run.device)
-    ctx = Context(device=device, amp_dtype=select_amp(cfg.run.amp, device), channels_last=cfg.run.channels_last,
-                  dist=init_distributed(cfg.run.device), out_dir=Path(args.checkpoint).parent)
-    model.to(device).eval()
-    if ctx.channels_last:
-        model.to(memory_format=torch.channels_last)
-    loader, _ = build_loader(data.test, cfg.optim.batch_size, train=False, workers=cfg.run.workers,
-                             collate_fn=task.collate_fn, device=device)
-    with torch.no_grad(), ctx.autocast():
-        metrics = task.evaluate(model, loader, ctx)
-    if not metrics:
-        raise CheckpointError(f"no readable evaluation images in {cfg.data.data_dir}")
-    result = {"model": name, "checkpoint": str(args.checkpoint), "dataset": cfg.data.dataset,
-              "images": len(data.test), "top1_error": 1 - metrics["top1"], "top5_error": 1 - metrics["top5"],
-              "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
-              "skipped_images": len(task.skipped)}
+    result = evaluate_checkpoint(args.checkpoint, args.model, flags, args.overrides)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
     write_json(out, result)
-    print(f"{name} on {cfg.data.dataset} ({len(data.test)} images): top-1 error "
+    print(f"{result['model']} on {result['dataset']} ({result['images']} images): top-1 error "
           f"{100 * result['top1_error']:.2f}%  top-5 error {100 * result['top5_error']:.2f}%  -> {out}")
     return 0
 

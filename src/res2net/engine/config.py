@@ -243,6 +243,8 @@ def _renamed_keys(schema: Type[Any], data: Mapping[str, Any], prefix: str) -> Di
 def current_key_names(schema: Type[Any], data: Mapping[str, Any]) -> Dict[str, Any]:
     """A config mapping written by an older version (e.g. a checkpoint's) with its renamed keys under their
     current names, silently (what :func:`renamed_key` maps); unknown keys are kept as they are."""
+    if not isinstance(data, Mapping):
+        return data  # not a config: the caller's checks name it
     types = _fields(schema)
     out: Dict[str, Any] = {}
     for key, value in data.items():

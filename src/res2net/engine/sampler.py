@@ -1,11 +1,14 @@
-"""A resumable, rank-sharded batch sampler: the engine's only source of sample order."""
+"""A resumable, rank-sharded batch sampler, the engine's only source of sample order, and the DataLoader it drives
+(:func:`build_loader`)."""
 
 from __future__ import annotations
 
-from typing import Iterator, List
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..hardware import default_workers
 
 
 class ResumableBatchSampler(Sampler[List[int]]):
@@ -49,3 +52,33 @@ class ResumableBatchSampler(Sampler[List[int]]):
         mine = order[self.rank::self.world_size].tolist()
         for b in range(self.start_batch, len(self)):
             yield mine[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, workers: Optional[int] = 0, collate_fn: Optional[Callable[[Any], Any]] = None,
+                 device: Optional[torch.device] = None) -> Tuple[DataLoader, ResumableBatchSampler]:
+    """A DataLoader over ``dataset`` driven by a :class:`ResumableBatchSampler` (shuffled and dropping the
+    last partial batch when ``train``; in order and complete otherwise). Its own generator keeps worker seeding
+    off torch's global RNG.
+
+    Args:
+        dataset: a map-style data set.
+        batch_size: images per batch (per process).
+        train: shuffle and drop the last partial batch.
+        seed: the sampler's and the workers' seed.
+        rank: this process's rank (its shard of each epoch).
+        world_size: the number of processes.
+        workers: DataLoader worker processes; None: :func:`res2net.hardware.default_workers`.
+        collate_fn: the DataLoader's collate (None: torch's default).
+        device: where the batches go (memory is pinned for CUDA).
+
+    Returns:
+        The loader and its sampler (``sampler.set_epoch`` positions it).
+    """
+    workers = default_workers() if workers is None else workers
+    sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle=train, seed=seed,  # type: ignore[arg-type]
+                                    rank=rank, world_size=world_size, drop_last=train)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                        pin_memory=device is not None and device.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
