@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,11 +107,22 @@ def test_live_runs_are_seen_nested_outs_refused_and_predict_warned(tmp_path: Pat
     assert live_run(run) is None
     with RunLock(run):
         assert live_run(run) == str(os.getpid())
+        with RunLock(run / "model"):  # this process's own run folder (train's out/, then out/<model>/)
+            pass
+    code = ("import sys, time; from res2net.engine.runfolder import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "locked"
+        assert live_run(run) == str(other.pid)
         with pytest.raises(FolderInUse, match="is inside .*run, a run still in progress"):
             RunLock(run / "model" / "inner").acquire()
-        (run / "model").mkdir()
+        (run / "model").mkdir(exist_ok=True)
         with pytest.warns(UserWarning, match="which is still training"):
             warn_if_training(run / "model" / "best.pt")
+    finally:
+        other.kill()
+        other.wait()
     assert live_run(run) is None  # released: the lock file stays, the lock does not
     with RunLock(run / "model" / "inner"):
         pass

@@ -54,7 +54,7 @@ class RunLock:
             return self
         for parent in self.folder.resolve().parents:
             holder = live_run(parent)
-            if holder is not None:
+            if holder is not None and holder != str(os.getpid()):  # this process's own run folder is fine
                 raise FolderInUse(f"output folder {self.folder} is inside {parent}, a run still in progress (pid "
                                   f"{holder}); choose an --out outside it")
         ensure_writable_folder(self.folder)
