@@ -298,3 +298,27 @@ def test_contradicting_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match="linear_probe .* freezes every stage; model.frozen_stages=1"):
         load_config(ClassificationConfig, "fashion_mnist", ["model.linear_probe=true", "model.frozen_stages=1"])
     assert load_config(ClassificationConfig, "fashion_mnist", ["model.linear_probe=true"]).model.linear_probe
+
+
+def test_onecycle_pct_start_is_used_as_given_or_adjusted_with_a_warning() -> None:
+    """sched.pct_start=0.9 was silently cut to 0.5; now the peak is where the user put it, and only a run too
+    short for a phase moves it, with a warning naming the value."""
+    from res2net.engine.optim import build_scheduler
+
+    def peak(pct: float, steps: int) -> int:
+        opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        sched = build_scheduler(opt, SchedConfig(name="onecycle", pct_start=pct), steps, 1)
+        lrs = []
+        for _ in range(steps - 1):
+            opt.step()
+            sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        return max(range(len(lrs)), key=lambda i: lrs[i]) + 1
+
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error")
+        assert peak(0.9, 100) == 89 and peak(0.25, 100) == 24
+    with pytest.warns(UserWarning, match=r"sched.pct_start=1.0 leaves a phase .* 10 steps; using 0.8"):
+        assert peak(1.0, 10) == 7

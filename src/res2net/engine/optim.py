@@ -4,6 +4,7 @@ which holds them with the fp16 GradScaler and the EMA, takes one optimizer step 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -94,7 +95,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: SchedConfig, steps_
     total = steps_per_epoch * epochs
     if sched.name == "onecycle" and total >= 4:
         max_lr = [g["lr"] for g in optimizer.param_groups]
-        pct_start = min(max(sched.pct_start, 2.0 / total), 0.5)  # each phase needs >= 1 step in tiny runs
+        pct_start = min(max(sched.pct_start, 2.0 / total), 1.0 - 2.0 / total)  # each phase needs >= 2 steps
+        if pct_start != sched.pct_start:
+            warnings.warn(f"sched.pct_start={sched.pct_start} leaves a phase of the one-cycle schedule without a "
+                          f"step in this run of {total} steps; using {pct_start:.4g}", UserWarning, stacklevel=2)
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total,
                                                    pct_start=pct_start)
     if sched.name == "onecycle":  # fewer than 4 steps: nothing to anneal
