@@ -81,7 +81,7 @@ def checkpoint_cost() -> Dict[str, float]:
     from res2net.engine import Trainer, load_config
     from res2net.tasks.classification import ClassificationConfig, ClassificationTask, load_data
 
-    overrides = [f"model.names=[{MODEL}]", "run.workers=0", "run.quiet=true", "data.train_subset=256",
+    overrides = [f"model.name=[{MODEL}]", "run.workers=0", "run.quiet=true", "data.train_subset=256",
                  "run.epochs=1"]
     cfg = load_config(ClassificationConfig, "fashion_mnist", overrides)
     with tempfile.TemporaryDirectory() as tmp:

@@ -101,9 +101,10 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
                                         "run.epochs=7"], {"run.seed": 3, "run.epochs": 2})
     assert (cfg.optim.lr, cfg.sched.milestones, cfg.run.seed, cfg.run.epochs) == (0.5, [1, 2], 3, 7)
     assert load_config(ToyConfig, None, ["optim.lr=1"]).optim.lr == 1.0  # int accepted for a float
+    assert load_config(ToyConfig, None, ["sched.milestones=5"]).sched.milestones == [5]  # one value: a list of one
     cases = {"optim.lrr=1": "optim.lr,", "optimx.lr=1": "allowed: optim, sched, run",
              "optim.lr=fast": "must be float", "run.epochs=2.5": "must be int",
-             "run.deterministic=3": "must be bool", "sched.milestones=5": "list of int", "optim.lr": "KEY=VALUE",
+             "run.deterministic=3": "must be bool", "sched.milestones=fast": "list of int", "optim.lr": "KEY=VALUE",
              "run.epochs=0": "run.epochs must be >= 1, got 0", "optim.batch_size=-2": "optim.batch_size must be >= 1",
              "run.workers=-1": "run.workers must be >= 0", "optim.weight_decay=-0.1": "must be >= 0"}
     for override, expected in cases.items():
@@ -322,3 +323,14 @@ def test_onecycle_pct_start_is_used_as_given_or_adjusted_with_a_warning() -> Non
         assert peak(0.9, 100) == 89 and peak(0.25, 100) == 24
     with pytest.warns(UserWarning, match=r"sched.pct_start=1.0 leaves a phase .* 10 steps; using 0.8"):
         assert peak(1.0, 10) == 7
+
+
+def test_model_name_is_one_key_for_one_model_or_several() -> None:
+    from res2net.tasks.classification.config import ClassificationConfig
+
+    assert load_config(ClassificationConfig, None, ["model.name=res2net17_slim"]).model.name == ["res2net17_slim"]
+    both = load_config(ClassificationConfig, None, ["model.name=[res2net17_slim, resnet17_slim]"]).model.name
+    assert both == ["res2net17_slim", "resnet17_slim"]
+    with pytest.warns(FutureWarning, match="'model.names' is now 'model.name'"):
+        assert load_config(ClassificationConfig, None, ["model.names=[a]"]).model.name == ["a"]
+    assert load_config(ClassificationConfig, "fashion_mnist").model.name == ["res2net17_slim", "resnet17_slim"]

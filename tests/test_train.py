@@ -40,7 +40,7 @@ def _same(a: dict, b: dict) -> bool:
 def test_train_writes_report_and_eval_reads_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     baseline = get_spec(MODEL).baseline
-    assert main(["train", "--set", f"model.names=[{MODEL}, {baseline}]", "--epochs", "1", "--out", str(out),
+    assert main(["train", "--set", f"model.name=[{MODEL}, {baseline}]", "--epochs", "1", "--out", str(out),
                  *TINY]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     types = {"test_top1": float, "test_top5": float, "params": int, "macs": int, "train_seconds": float,

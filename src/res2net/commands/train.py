@@ -15,7 +15,7 @@ from ..tasks.classification import DATASETS, DEFAULT_RECIPE, ClassificationConfi
 from ..tasks.classification.run import evaluate_checkpoint, train_models
 from .common import add_engine_args, command_line, engine_values, positive_int
 
-TASK_FLAGS = {"model": "model.names", "dataset": "data.dataset", "data_dir": "data.root",
+TASK_FLAGS = {"model": "model.name", "dataset": "data.dataset", "data_dir": "data.root",
               "train_subset": "data.train_subset", "pretrained": "model.pretrained",
               "frozen_stages": "model.frozen_stages", "linear_probe": "model.linear_probe"}
 
@@ -24,14 +24,12 @@ def train_config(args: argparse.Namespace) -> ClassificationConfig:
     """The config of a ``res2net train`` call: recipe < flags < ``--set``."""
     values = engine_values(args)
     values.update({key: getattr(args, dest, None) for dest, key in TASK_FLAGS.items()})
-    if values["model.names"] is not None:
-        values["model.names"] = [values["model.names"]]
     cfg = load_config(ClassificationConfig, args.config, args.overrides, values)
-    for name in cfg.model.names:
+    for name in cfg.model.name:
         get_spec(name)  # unknown names fail before any data is read
-    if cfg.model.pretrained not in ("", "official") and len(cfg.model.names) > 1:
+    if cfg.model.pretrained not in ("", "official") and len(cfg.model.name) > 1:
         raise ConfigError(f"model.pretrained={cfg.model.pretrained!r} holds one model's weights; train one model "
-                          f"(--model NAME), not {', '.join(cfg.model.names)}")
+                          f"(--model NAME), not {', '.join(cfg.model.name)}")
     return cfg
 
 
@@ -63,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train classifiers (default: Res2Net vs ResNet on Fashion-MNIST)",
                               description="Train image classifiers with a recipe (YAML) on the shared engine. "
                               "With no arguments: the embedded Fashion-MNIST default (docs/TRAINING.md).")
-    p.add_argument("--model", help="model name (res2net models); default: the recipe's model.names")
+    p.add_argument("--model", help="model name (res2net models); default: the recipe's model.name")
     p.add_argument("--dataset", choices=DATASETS, help="data set (data.dataset)")
     p.add_argument("--data-dir", help="data folder (data.data_dir)")
     p.add_argument("--train-subset", type=positive_int, metavar="N",

@@ -170,9 +170,12 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
                 continue
         raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
         item = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):  # one value where a list is expected: the list of that one
+            try:
+                return [_coerce(key, item, value)]
+            except ConfigError:
+                raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}") from None
         return [_coerce(f"{key}[{i}]", item, v) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -148,7 +148,7 @@ def train_run(run: Run, dataset: str, budget: Budget, run_dir: Path, overrides: 
                               "data.train_subset": budget.train_subset, "data.test_subset": budget.test_subset,
                               "run.seed": run.seed, "run.quiet": True, "run.device": device,
                               "run.eval_every": budget.epochs,  # only the final accuracy is used
-                              "model.names": [DATA_CARDS[dataset]]}
+                              "model.name": [DATA_CARDS[dataset]]}
     if dataset == "cifar100":
         values["data.crop_padding"] = 4
     if budget.batch_size:

@@ -18,9 +18,9 @@ DEFAULT_RECIPE = "fashion_mnist"
 class ModelSection:
     """Which models to train (one after another, same recipe) and model-side regularisation."""
 
-    RENAMED: ClassVar[Dict[str, str]] = {"freeze_stages": "frozen_stages"}
+    RENAMED: ClassVar[Dict[str, str]] = {"names": "name", "freeze_stages": "frozen_stages"}
 
-    names: List[str] = field(default_factory=lambda: ["res2net50_26w_4s"])
+    name: List[str] = field(default_factory=lambda: ["res2net50_26w_4s"])  # one model or a list of them
     drop_path_rate: float = 0.0
     zero_init_last: bool = False
     # fine-tuning: start from these weights ("" = random init; "official", a path, URL, hf-hub:ORG/REPO or a run

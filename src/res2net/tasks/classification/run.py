@@ -69,7 +69,7 @@ def train_models(cfg: ClassificationConfig, out: Path, seeds: int = 1, resume: b
     seed statistics and ``seeds.png`` when ``seeds > 1``, and print the results.
 
     Args:
-        cfg: the config (``model.names`` are the models).
+        cfg: the config (``model.name`` are the models).
         out: the report folder; a report of another data set there is refused before training.
         seeds: seeds per model.
         resume: continue the runs in ``out``.
@@ -91,10 +91,10 @@ def train_models(cfg: ClassificationConfig, out: Path, seeds: int = 1, resume: b
         summaries: Dict[str, Dict[str, Any]] = {}
         confusions: Dict[str, Optional[Tensor]] = {}
         data: Optional[ClassificationData] = None
-        top1: Dict[str, List[float]] = {name: [] for name in cfg.model.names}
+        top1: Dict[str, List[float]] = {name: [] for name in cfg.model.name}
         for k, seed in enumerate([cfg.run.seed + k for k in range(seeds)]):
             run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
-            for name in cfg.model.names:
+            for name in cfg.model.name:
                 folder = out / name if seeds == 1 else out / name / f"seed{seed}"
                 summary, confusion, data = train_one(name, run_cfg, folder, resume,
                                                      quiet=not dist.is_main or cfg.run.quiet, command=command)
@@ -105,7 +105,7 @@ def train_models(cfg: ClassificationConfig, out: Path, seeds: int = 1, resume: b
         if dist.is_main and data is not None:
             stats = None
             if seeds > 1:
-                pairs = [(n, get_spec(n).baseline) for n in cfg.model.names if get_spec(n).baseline in top1]
+                pairs = [(n, get_spec(n).baseline) for n in cfg.model.name if get_spec(n).baseline in top1]
                 stats = seed_statistics(top1, [(a, b) for a, b in pairs if b is not None])
                 seeds_plot(stats, out / "seeds.png")
             write_report(out, summaries, confusions, data.classes, cfg, wall, command, seeds=stats)

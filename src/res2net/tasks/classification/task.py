@@ -24,7 +24,7 @@ class ClassificationTask(Task):
     """Cross-entropy training of one named model; evaluation by top-1/top-5 accuracy (torchmetrics)."""
 
     name = "classification"
-    resume_free_keys = Task.resume_free_keys + ("model.names",)  # a folder holds one model of the list
+    resume_free_keys = Task.resume_free_keys + ("model.name",)  # a folder holds one model of the list
     primary_metric = "top1"
     higher_is_better = True
 
