@@ -160,7 +160,7 @@ def test_receptive_field_command(tmp_path: Path) -> None:
     ckpt = tmp_path / "r.pt"
     torch.save({"model": create_model("res2net20_cifar", num_classes=10, in_chans=1).state_dict()}, ckpt)
     out = tmp_path / "rf"
-    assert main(["receptive-field", "res2net20_cifar", "--checkpoint", str(ckpt), "--images", "2",
+    assert main(["receptive-field", "--model", "res2net20_cifar", "--checkpoint", str(ckpt), "--images", "2",
                  "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"report.md", "rf_theory.png", "rf_theory.csv", "rf_theory.json", "erf.png", "erf.csv"} <= names

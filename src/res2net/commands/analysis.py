@@ -12,7 +12,7 @@ import torch
 
 from ..reporting import out_dir
 from ..tasks.ablation import BUDGETS, DATA_CARDS, VARIANTS, plan, sweep, write_report
-from .common import command_line, positive_int
+from .common import add_model_arg, command_line, model_name, positive_int
 
 
 def _device(name: str) -> torch.device:
@@ -63,7 +63,7 @@ def cmd_receptive_field(args: argparse.Namespace) -> int:
     """Theoretical receptive-field sets vs the bottleneck, and measured ERFs vs the baseline."""
     from ..analysis.receptive_field import receptive_field_report
 
-    report = receptive_field_report(args.name, args.out, args.checkpoint, args.baseline, args.baseline_checkpoint,
+    report = receptive_field_report(model_name(args), args.out, args.checkpoint, args.baseline, args.baseline_checkpoint,
                                     args.input_size, args.images, command=command_line("receptive-field"))
     print(f"report: {report}")
     return 0
@@ -107,9 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Receptive-field sizes created by the hierarchical connections (vs the "
                               "bottleneck of the same depth) and measured effective receptive fields per stage "
                               "(vs the ResNet baseline).")
-    r.add_argument("name", help="model name (ResNet family)")
-    r.add_argument("--checkpoint", help="weights of NAME (default: random weights)")
-    r.add_argument("--baseline", help="model measured beside NAME (default: the card's baseline)")
+    add_model_arg(r, "model name (ResNet family)")
+    r.add_argument("--checkpoint", help="weights of --model (default: random weights)")
+    r.add_argument("--baseline", help="model measured beside --model (default: the card's baseline)")
     r.add_argument("--baseline-checkpoint", help="weights of the baseline")
     r.add_argument("--input-size", type=positive_int, help="image side (default: the model card's)")
     r.add_argument("--images", type=positive_int, default=4, help="number of sample photos averaged (default 4)")
