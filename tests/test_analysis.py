@@ -1,4 +1,4 @@
-"""Analyses (issue 4): complexity, Grad-CAM, receptive fields, ablation; end to end on tiny settings."""
+"""Analyses: complexity, Grad-CAM, receptive fields, ablation; end to end on tiny settings."""
 
 from __future__ import annotations
 

@@ -169,7 +169,7 @@ def test_cifar100_pickles(tmp_path: Path) -> None:
         load_cifar100(str(tmp_path / "nowhere"))
 
 
-# ---- decoding: every mode, 16 bits, any decoder rejection (issue 16) ------------------------------------------
+# ---- decoding: every mode, 16 bits, any decoder rejection -----------------------------------------------------
 def test_every_mode_converts_and_16_bit_is_scaled(tmp_path: Path) -> None:
     import numpy as np
 
@@ -227,7 +227,7 @@ def test_a_given_data_dir_is_the_only_place_looked_at(tmp_path: Path, monkeypatc
         fm.find_dir(str(tmp_path / "empty"), download=False)
 
 
-# ---- dense data (issue 16) ------------------------------------------------------------------------------
+# ---- dense data -----------------------------------------------------------------------------------------
 def _coco(tmp_path: Path, images: list, annotations: list) -> Path:
     import json
 
@@ -272,7 +272,7 @@ def test_16_bit_masks_are_not_wrapped(tmp_path: Path) -> None:
 
 
 def test_scaled_set_is_deterministic_scaled_within_range_and_made_from_its_own_split() -> None:
-    """fashion-mnist-scaled (issue 24): the same seed gives the same set, another seed another; every factor
+    """fashion-mnist-scaled: the same seed gives the same set, another seed another; every factor
     lies in the range and each item's side is round(28 x factor); at scale 1 each canvas holds its source image
     (item i from source image i of the same split) exactly, and nothing else."""
     from res2net.data.scaled import scale_onto_canvas

@@ -1,5 +1,5 @@
-"""Weight sources (issue 13), sharing a model (save_pretrained), fine-tuning from each kind of source and
-prediction (issue 14), all offline: the Hugging Face cache is laid out on disk by the tests with files they
+"""Weight sources, sharing a model (save_pretrained), fine-tuning from each kind of source and
+prediction, all offline: the Hugging Face cache is laid out on disk by the tests with files they
 write, read with ``HF_HUB_OFFLINE=1``."""
 
 from __future__ import annotations

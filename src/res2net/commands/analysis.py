@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--repeats", type=positive_int, default=10, help="timed forwards; the median is kept (default 10)")
     c.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (reported as NaN)")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    c.add_argument("--json", action="store_true", help="print the rows as JSON (the --json schema of issue 4)")
+    c.add_argument("--json", action="store_true", help="print the rows as JSON (one object per model: name, params, MACs, latency)")
     c.add_argument("--out", metavar="DIR", help="also write report.md, complexity.{json,csv,png} there")
     c.set_defaults(func=cmd_complexity)
 
