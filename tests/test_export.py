@@ -255,3 +255,25 @@ def test_export_and_predict_never_replace_a_file_unasked(tmp_path: Path, capsys:
     assert main([*pred, "--json", str(image), "--overwrite"]) == 2
     assert "--json" in capsys.readouterr().err and image.read_bytes() == png
     assert main([*pred, "--csv", str(mine)]) == 2 and "exists" in capsys.readouterr().err
+
+
+def test_sigterm_during_export_leaves_no_temporary_and_prints_one_line(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; import res2net.export as ex; real = ex.write_onnx\n"
+            "def slow(*a, **k):\n    print('writing', flush=True); time.sleep(30); return real(*a, **k)\n"
+            "ex.write_onnx = slow\nfrom res2net.cli import run\nsys.argv = ['res2net'] + sys.argv[1:]\n"
+            "sys.exit(run())")
+    out = tmp_path / "m.onnx"
+    proc = subprocess.Popen([sys.executable, "-c", code, "export", "--model", "resnet20_cifar", "--format", "onnx",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == ["res2net export: stopped by SIGTERM; nothing was left half-written"]
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -24,6 +25,16 @@ SUBCOMMAND_MODULES = [
     "res2net.commands.predict",  # predict
     "res2net.commands.env",  # env
 ]
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread by the console script's handler, so that every ``with`` block (temporary
+    files and folders, locks) unwinds before the process exits 143. Training installs its own handler (it saves a
+    checkpoint first) and puts this one back afterwards."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +97,7 @@ def run() -> int:
 
     keep_freed_memory()
     limit_threads()
+    signal.signal(signal.SIGTERM, _raise_terminated)
     return main()
 
 
@@ -104,6 +116,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"{prefix}: interrupted{': ' + _one_line(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{prefix}: stopped by SIGTERM; nothing was left half-written", file=sys.stderr)
+        return 143
     except Exception as exc:
         code = getattr(exc, "exit_code", None)
         if isinstance(code, int):  # e.g. engine.signals.Preempted: a requested stop, not an error
