@@ -334,3 +334,22 @@ def test_model_name_is_one_key_for_one_model_or_several() -> None:
     with pytest.warns(FutureWarning, match="'model.names' is now 'model.name'"):
         assert load_config(ClassificationConfig, None, ["model.names=[a]"]).model.name == ["a"]
     assert load_config(ClassificationConfig, "fashion_mnist").model.name == ["res2net17_slim", "resnet17_slim"]
+
+
+def test_resume_with_another_seed_layout_is_refused(tmp_path: Path) -> None:
+    """--seeds 2 --resume on a one-seed run (or --resume without --seeds on a multi-seed run) would have started
+    the runs anew beside the old ones; it is refused before any training."""
+    from res2net.tasks.classification.run import _check_seed_layout
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "last.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="holds a run of one seed"):
+        _check_seed_layout(tmp_path, ["m"], 2)
+    _check_seed_layout(tmp_path, ["m"], 1)
+    (tmp_path / "m" / "last.pt").unlink()
+    for s in (0, 1):
+        (tmp_path / "m" / f"seed{s}").mkdir()
+        (tmp_path / "m" / f"seed{s}" / "last.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"several seeds \(seed0, seed1\); give --seeds 2"):
+        _check_seed_layout(tmp_path, ["m"], 1)
+    _check_seed_layout(tmp_path, ["m"], 2)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ...engine import Context, build_loader, fit, init_distributed, load_config, select_amp, select_device
 from ...engine.runfolder import RunLock
-from ...errors import CheckpointError, DataError
+from ...errors import CheckpointError, ConfigError, DataError
 from ...models import get_spec
 from ...pretrained import PRETRAINED_DIR, fetch_first, save_pretrained
 from ...weights import describe_checkpoint, model_from_checkpoint
@@ -87,6 +87,8 @@ def train_models(cfg: ClassificationConfig, out: Path, seeds: int = 1, resume: b
         if dist.is_main:
             lock.acquire()
             earlier_models(out, cfg.data.dataset)  # a report of another data set is refused before training
+            if resume:
+                _check_seed_layout(out, cfg.model.name, seeds)
         start = time.perf_counter()
         summaries: Dict[str, Dict[str, Any]] = {}
         confusions: Dict[str, Optional[Tensor]] = {}
@@ -113,6 +115,20 @@ def train_models(cfg: ClassificationConfig, out: Path, seeds: int = 1, resume: b
         return summaries
     finally:
         lock.release()
+
+
+def _check_seed_layout(out: Path, names: Sequence[str], seeds: int) -> None:
+    """``--resume`` continues the runs this command would write: a folder of one seed (``out/<model>/last.pt``)
+    and ``--seeds N > 1`` (``out/<model>/seed<S>/``), or the other way round, is refused instead of started anew."""
+    for name in names:
+        single = (out / name / "last.pt").is_file()
+        several = sorted(p.parent.name for p in (out / name).glob("seed*/last.pt"))
+        if seeds > 1 and single:
+            raise ConfigError(f"--resume --seeds {seeds}: {out / name} holds a run of one seed; resume it without "
+                              "--seeds, or start the seeds in another --out")
+        if seeds == 1 and several and not single:
+            raise ConfigError(f"--resume: {out / name} holds runs of several seeds ({', '.join(several)}); give "
+                              f"--seeds {len(several)} to continue them")
 
 
 def _print_results(out: Path, summaries: Mapping[str, Dict[str, Any]], stats: Optional[Dict[str, Any]],
