@@ -19,7 +19,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "jsonio": {"files"},
     "reporting": set(),
     "profiling": set(),
-    "runtime": set(),
+    "allocator": set(),
     "hardware": {"errors"},
     "data": {"errors", "extras"},
     "layers": set(),
