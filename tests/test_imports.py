@@ -32,14 +32,10 @@ ALLOWED: Dict[str, Set[str]] = {
     "tasks": {"engine", "pretrained", "weights", "models", "layers", "data", "errors", "jsonio", "reporting",
               "profiling", "hardware"},
     "analysis": {"weights", "models", "layers", "data", "errors", "reporting", "profiling", "hardware"},
-    "fusion": {"layers", "errors", "hardware"},
-    "onnxio": {"models", "data", "errors", "extras"},
-    "runtimes": {"files", "fusion", "onnxio", "data", "errors", "extras", "hardware"},
-    "optimize": {"fusion", "runtimes", "errors", "hardware"},
-    "export": {"files", "onnxio", "runtimes", "weights", "models", "data", "errors", "extras"},
-    "bench": {"optimize", "fusion", "runtimes", "layouts", "models", "data", "errors", "extras", "profiling",
-              "jsonio", "hardware"},
-    "predict": {"optimize", "pretrained", "weights", "data", "errors", "hardware"},
+    "inference": {"files", "layers", "models", "data", "errors", "extras", "hardware"},
+    "export": {"files", "inference", "weights", "models", "data", "errors", "extras"},
+    "bench": {"inference", "layouts", "models", "data", "errors", "extras", "profiling", "jsonio", "hardware"},
+    "predict": {"inference", "pretrained", "weights", "data", "errors", "hardware"},
     "timm_compat": {"pretrained", "models"},
 }
 TOP = {"commands", "cli", "res2net"}  # the command layer and the package root may import anything below
