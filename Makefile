@@ -28,7 +28,7 @@ demo: setup
 # to AVX2 (oneDNN's convolutions and ATen's kernels: docs/BENCHMARKS.md "CPU classes"), so that an AVX2
 # regression fails CI on an AVX-512 machine too.
 AVX2_EMULATION := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
-AVX2_TESTS := tests/test_hardware.py tests/test_optimize.py tests/test_runtimes.py tests/test_train.py \
+AVX2_TESTS := tests/test_hardware.py tests/test_optimize.py tests/test_backends.py tests/test_train.py \
 	tests/test_engine.py
 
 test: setup

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from res2net.data import load_fashion_mnist, normalize, resize_batch
 from res2net.export import model_for_export
-from res2net.runtimes import available_backends, build_backend, calibration_batches
+from res2net.data.calibration import calibration_batches
+from res2net.inference import available_backends, build_backend
 
 
 def evaluate(model: Any, images: torch.Tensor, labels: torch.Tensor, mean: Any, std: Any, size: int,

@@ -117,7 +117,7 @@ def openvino_profile(model: nn.Module, x: torch.Tensor, dtype: str, rounds: int,
     """OpenVINO's per-layer counters, summed by layer type and by (type, kernel implementation)."""
     import openvino as ov
 
-    from res2net.runtimes import export_onnx_for_runtime, model_input_shape
+    from res2net.inference.backends import export_onnx_for_runtime, model_input_shape
 
     onnx_path = export_onnx_for_runtime(model, workdir / "model.onnx", model_input_shape(model, x.shape[-1]))
     core = ov.Core()

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 from res2net.bench import format_markdown, run_bench, write_report
 from res2net.bench.cases import DIRECT_PEERS
 from res2net.commands.bench import add_arguments, config_from_args
-from res2net.runtime import keep_freed_memory
+from res2net.allocator import keep_freed_memory
 
 SUITES: Dict[str, List[str]] = {
     # inference: ours (as created / optimized) vs timm (shipped / channels_last) vs torchvision, fp32 + bf16

@@ -29,7 +29,7 @@ def measure(model_name: str, rounds: int, batch: int) -> Dict[str, object]:
 
     import res2net
     from res2net.hardware import detect
-    from res2net.runtime import keep_freed_memory
+    from res2net.allocator import keep_freed_memory
 
     keep_freed_memory()
     torch.manual_seed(0)

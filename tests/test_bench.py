@@ -106,7 +106,7 @@ def test_derive_roofline_share_and_runtime_ratios() -> None:
 
 def test_runtime_rows_and_roofline_in_one_run(tmp_path) -> None:
     """onnxruntime/OpenVINO rows (fp32, int8) beside eager, conv probes per stage and dtype, strict JSON."""
-    from res2net.runtimes import available_backends
+    from res2net.inference import available_backends
 
     if not {"onnxruntime", "openvino"} <= set(available_backends("int8")):
         pytest.skip("onnxruntime/OpenVINO not installed: pip install 'res2net[deploy]'")
@@ -131,9 +131,9 @@ def test_runtime_flag_is_checked() -> None:
 
 
 def test_a_missing_runtime_is_a_note_in_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    from res2net import runtimes
+    from res2net import inference
 
-    monkeypatch.setattr(runtimes, "available_backends", lambda dtype="fp32": ["eager"])
+    monkeypatch.setattr(inference, "available_backends", lambda dtype="fp32": ["eager"])
     cfg = BenchConfig(models=["resnet20_cifar"], batch_sizes=[1], dtypes=["fp32"], peers=False,
                       runtimes=["openvino"], repeats=1, warmup=0, probe_size=128, memory=False, roofline=False)
     report = run_bench(cfg, log=lambda s: None)
@@ -149,7 +149,7 @@ def test_direct_peer_rows_compute_what_ours_computes(tmp_path) -> None:
     records the CPU class it ran on."""
     from res2net.bench.cases import (DIRECT_PEERS, _direct_onnxruntime, _direct_openvino, _Rows, _zentorch,
                                      direct_peer_cases, setup_model)
-    from res2net.runtimes import export_onnx_for_runtime, model_input_shape
+    from res2net.inference.backends import export_onnx_for_runtime, model_input_shape
 
     cfg = BenchConfig(models=["res2net17_slim"], batch_sizes=[2], dtypes=["fp32"], peers=False, input_size=28)
     setup = setup_model(cfg, "res2net17_slim", torch.device("cpu"), with_torchvision=False)

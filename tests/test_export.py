@@ -144,7 +144,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_openvino_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
     """OpenVINO IR (.xml + .bin) verified against eager at export, and again here by OpenVINO directly on another
     batch size; nothing but the two files is left."""
-    from res2net.runtimes import available_backends
+    from res2net.inference import available_backends
 
     if "openvino" not in available_backends():
         pytest.skip("OpenVINO is not installed: pip install 'res2net[deploy]'")
@@ -186,7 +186,7 @@ def test_calibration_from_an_image_folder(tmp_path: Path) -> None:
     """A folder of image files (any depth) becomes normalised batches at the model's size and channels."""
     from PIL import Image
 
-    from res2net.runtimes import calibration_batches
+    from res2net.data.calibration import calibration_batches
 
     rng = np.random.default_rng(0)
     (tmp_path / "a" / "b").mkdir(parents=True)

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 import res2net
-from res2net.fusion import FusedRes2NetBlock, OptimizedModel
+from res2net.inference import OptimizedModel
+from res2net.inference.fused import FusedRes2NetBlock
 from res2net.hardware import bf16_native
-from res2net.optimize import optimize
+from res2net.inference import optimize
 
 
 def _perturbed(name: str, **kw) -> nn.Module:
@@ -132,7 +133,7 @@ def test_packed_conv_equals_the_convolution_it_replaces() -> None:
     """Packed once per input shape: same values as the plain Conv2d for strides, groups, dilation, channel-slice
     inputs (the hierarchical splits), bf16, more shapes than it keeps, a weight changed in place and a copy."""
     import pickle
-    from res2net.fusion import PackedConv2d
+    from res2net.inference.fused import PackedConv2d
 
     torch.manual_seed(0)
     for kw in (dict(kernel_size=1), dict(kernel_size=3, padding=1, stride=2), dict(kernel_size=3, padding=2,
@@ -160,7 +161,7 @@ def test_packed_conv_equals_the_convolution_it_replaces() -> None:
 
 
 def test_optimize_packs_every_convolution_on_the_cpu() -> None:
-    from res2net.fusion import PackedConv2d
+    from res2net.inference.fused import PackedConv2d
 
     model = res2net.create_model("res2net17_slim").eval()
     fast = optimize(model)

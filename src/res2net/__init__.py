@@ -10,7 +10,7 @@ if _sys.platform == "darwin" and "torch" not in _sys.modules:
 
 from .layers import Res2NetBlock  # noqa: E402
 from .models import count_macs, count_params, get_spec, list_models, model_card
-from .optimize import optimize
+from .inference import optimize
 from .predict import Predictor
 from .pretrained import create_model, save_pretrained
 from .timm_compat import register_timm_models

@@ -89,11 +89,11 @@ def _leave_process_group() -> None:
 
 def run() -> int:
     """The ``res2net`` console script: :func:`main` on ``sys.argv`` in a process of its own, which may therefore
-    tune the process's allocator (:func:`res2net.runtime.keep_freed_memory`: freed activation buffers reused
+    tune the process's allocator (:func:`res2net.allocator.keep_freed_memory`: freed activation buffers reused
     instead of page-faulted in every step) and its thread count (never above the cores its container allows:
     :func:`res2net.hardware.limit_threads`). A library caller of :func:`main` keeps both as they were."""
     from .hardware import limit_threads
-    from .runtime import keep_freed_memory
+    from .allocator import keep_freed_memory
 
     keep_freed_memory()
     limit_threads()

@@ -1,7 +1,7 @@
 """``res2net export``: ONNX (opset >= 17, checked with onnxruntime), OpenVINO IR (.xml + .bin, checked with
 OpenVINO) and TorchScript (checked against eager); ONNX and OpenVINO also as int8 (``--int8 --calibration``:
-post-training static quantization on real images by onnxruntime's quantizer, :mod:`res2net.runtimes`: a QDQ ONNX
-file, or its OpenVINO IR), checked by top-1 agreement with eager on the calibration images.
+post-training static quantization on real images by onnxruntime's quantizer, :mod:`res2net.inference.backends`:
+a QDQ ONNX file, or its OpenVINO IR), checked by top-1 agreement with eager on the calibration images.
 
 ONNX is written by torch's ``torch.export``-based exporter (``exporter="dynamo"``, opset >= 18, the default)
 or by the older TorchScript-based one (``exporter="torchscript"``, deprecated in torch, the only one that
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from .extras import require
 from .files import publish
-from .onnxio import (DEFAULT_OPSET, EXPORTERS, MIN_OPSET, MIN_OPSET_DYNAMO, ExportError, check_outputs,
-                     real_input, write_onnx)
+from .inference.onnx import (DEFAULT_OPSET, EXPORTERS, MIN_OPSET, MIN_OPSET_DYNAMO, ExportError, check_outputs,
+                             real_input, write_onnx)
 
 __all__ = ["EXPORTERS", "FORMATS", "ExportError", "export_model", "real_input", "verify_onnx",
            "verify_openvino", "verify_torchscript", "write_onnx"]
@@ -84,7 +84,7 @@ def verify_openvino(path: Union[str, Path], model: nn.Module, inputs: Dict[str, 
                     rtol: float = 1e-5) -> Dict[str, float]:
     """Compile the OpenVINO IR (``.xml`` with its ``.bin``) for the CPU (f32 precision) and compare it with eager
     on each named input (max abs difference per input; an error above ``atol + rtol * max|eager output|``)."""
-    from .runtimes import openvino_runner
+    from .inference.backends import openvino_runner
 
     run = openvino_runner(path, "fp32")
     diffs: Dict[str, float] = {}
@@ -96,12 +96,13 @@ def verify_openvino(path: Union[str, Path], model: nn.Module, inputs: Dict[str, 
 
 
 def _verify_int8(what: str, run: Any, model: nn.Module, calibration: Sequence[Tensor]) -> Dict[str, float]:
-    from .runtimes import MIN_INT8_AGREEMENT, RuntimeModel, top1_agreement
+    from .inference.backends import MIN_INT8_AGREEMENT, RuntimeRunner
+    from .inference.onnx import top1_agreement
 
     shape = tuple(calibration[0].shape[1:])
     with torch.no_grad():
         features = not isinstance(model(calibration[0][:1]), Tensor)
-    agreement = top1_agreement(model, RuntimeModel(what, "int8", run, shape, features), calibration)
+    agreement = top1_agreement(model, RuntimeRunner(what, run, shape, features), calibration)
     if agreement < MIN_INT8_AGREEMENT:
         raise ExportError(f"{what} int8 model agrees with eager fp32 on {agreement:.1%} of the calibration images' "
                           f"top-1 (< {MIN_INT8_AGREEMENT:.0%})")
@@ -161,7 +162,7 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
             fp32 = Path(tmp_dir) / "fp32.onnx" if int8 else tmp
             write_onnx(model, sample, fp32, opset, dynamic_batch or int8, exporter)
             if int8:
-                from .runtimes import onnxruntime_runner, quantize_onnx
+                from .inference.backends import onnxruntime_runner, quantize_onnx
 
                 quantize_onnx(fp32, tmp, list(calibration or []))
                 diffs = _verify_int8("ONNX (onnxruntime)", onnxruntime_runner(tmp), model, list(calibration or []))
@@ -180,7 +181,7 @@ def _write_openvino(model: nn.Module, sample: Tensor, xml: Path, opset: int, exp
                     inputs: Dict[str, Tensor], calibration: Optional[Sequence[Tensor]]) -> Dict[str, float]:
     """The OpenVINO IR of ``model`` at ``xml`` (+ .bin), through ONNX (dynamic batch); int8: the IR of
     onnxruntime's QDQ quantization (OpenVINO turns the Q/DQ pairs into FakeQuantize and runs int8 kernels)."""
-    from .runtimes import _require, openvino_runner, quantize_onnx
+    from .inference.backends import _require, openvino_runner, quantize_onnx
 
     ov = _require("openvino", "openvino")
     onnx_path = xml.with_name("model.onnx")

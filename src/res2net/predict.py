@@ -178,7 +178,7 @@ class Predictor:
         self.device = select_device(str(device), what="device")
         model = model.eval().to(self.device)
         if backend is not None:
-            from .optimize import optimize
+            from .inference import optimize
 
             model = optimize(model, dtype=default_dtype(self.device)[0] if dtype == "auto" else dtype,
                              backend=backend, input_size=self.preprocessing.input_size)

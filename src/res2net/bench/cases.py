@@ -197,7 +197,7 @@ class _Rows:
 
 def inference_cases(cfg: BenchConfig, rows: _Rows) -> None:
     """Ours as created (fp32) and optimized (eager), timm as shipped and channels_last, torchvision resnet50."""
-    from ..optimize import optimize
+    from ..inference import optimize
 
     s, dt = rows.setup, rows.dtype
     if dt == "fp32":
@@ -232,7 +232,7 @@ def runtime_cases(cfg: BenchConfig, rows: _Rows, workdir: Any, log: Callable[[st
     """The same weights through :func:`res2net.optimize`'s other backends (fp32 input, the runtime's own
     layout); a backend that is not installed or does not run the dtype is skipped with a note."""
     from ..errors import Res2NetError
-    from ..runtimes import available_backends, backend_supports, build_backend
+    from ..inference import available_backends, backend_supports, build_backend
 
     s, dt = rows.setup, rows.dtype
     for backend in cfg.runtimes:
@@ -295,7 +295,7 @@ def direct_peer_cases(rows: _Rows, workdir: Any, log: Callable[[str], None]) -> 
     on the model; a missing package is skipped with a note."""
     from pathlib import Path
 
-    from ..runtimes import export_onnx_for_runtime, model_input_shape, quantize_onnx
+    from ..inference.backends import export_onnx_for_runtime, model_input_shape, quantize_onnx
 
     s, dt = rows.setup, rows.dtype
     onnx_path = Path(workdir) / "direct.onnx"

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..fusion import PackedConv2d
+from ..inference.fused import PackedConv2d
 
 __all__ = ["ConvShape", "StageProbe", "attainable_seconds", "conv_shapes", "stage_probes"]
 
@@ -126,7 +126,7 @@ def eager_probe_step(probe: StageProbe, batch: int, dtype: torch.dtype,
 def runtime_probe_step(probe: StageProbe, batch: int, backend: str, dtype: str) -> Optional[Callable[[], None]]:
     """One call of the probe conv in an installed runtime (int8: quantized on random calibration data, which
     is enough for timing); None when the runtime is missing."""
-    from ..runtimes import available_backends, build_backend
+    from ..inference import available_backends, build_backend
 
     if backend not in available_backends(dtype):
         return None

@@ -17,7 +17,7 @@ import torch
 
 from ..hardware import (Hardware, default_amp, default_dtype, default_threads, default_workers, describe, detect,
                         select_device)
-from ..runtimes import available_backends
+from ..inference import available_backends
 
 
 def plan(hw: Hardware) -> Dict[str, Dict[str, Any]]:

@@ -37,7 +37,7 @@ def _main(args: argparse.Namespace) -> int:
     in_chans = int(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels)
     calibration = None
     if args.int8:
-        from ..runtimes import calibration_batches
+        from ..data.calibration import calibration_batches
 
         calibration = calibration_batches(args.calibration, size, mean, std, in_chans, args.calibration_images)
     diffs = export_model(model, args.out, args.format, input_size=size, dynamic_batch=args.dynamic_batch,

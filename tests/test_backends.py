@@ -12,14 +12,16 @@ import pytest
 import torch
 
 import res2net
-from res2net import runtimes
+from res2net.data.calibration import calibration_batches
+from res2net.inference import autotune, backends
+from res2net.inference.onnx import BF16_RTOL
 from res2net.errors import ConfigError
 
 NAME, SIZE = "res2net20_cifar", 32
 
 
 def _needs(backend: str, dtype: str = "fp32") -> None:
-    if backend not in runtimes.available_backends(dtype):
+    if backend not in backends.available_backends(dtype):
         pytest.skip(f"{backend} ({dtype}) is not installed here: pip install 'res2net[deploy]'")
 
 
@@ -47,7 +49,7 @@ def model() -> torch.nn.Module:
 @pytest.mark.parametrize("backend", ["eager", "onnxruntime", "openvino"])
 def test_fp32_backend_equals_eager(model: torch.nn.Module, onnx_dir: Path, backend: str) -> None:
     _needs(backend)
-    fast = runtimes.build_backend(model, backend, torch.float32, workdir=onnx_dir)
+    fast = backends.build_backend(model, backend, torch.float32, workdir=onnx_dir)
     assert fast.verification["max_abs_diff"] <= 1e-4  # checked at build time on the real photo
     torch.manual_seed(1)
     x = torch.randn(3, 3, SIZE, SIZE)  # another batch size than the build-time check
@@ -58,19 +60,19 @@ def test_fp32_backend_equals_eager(model: torch.nn.Module, onnx_dir: Path, backe
     assert float((got - ref).abs().max()) <= _bound(ref, 1e-4, 1e-5)
 
 
-@pytest.mark.parametrize("stream_min_elements", [1, runtimes.OPENVINO_STREAM_MIN_ELEMENTS])
+@pytest.mark.parametrize("stream_min_elements", [1, backends.OPENVINO_STREAM_MIN_ELEMENTS])
 def test_openvino_throughput_requests_keep_the_input_order(model: torch.nn.Module, onnx_dir: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             stream_min_elements: int) -> None:
     """On several threads a batch of large images runs as parallel one-image requests: every image's output is
     eager's for that image, in input order (small images, one image and one thread: one latency-mode call)."""
     _needs("openvino")
-    monkeypatch.setattr(runtimes, "OPENVINO_STREAM_MIN_ELEMENTS", stream_min_elements)
+    monkeypatch.setattr(backends, "OPENVINO_STREAM_MIN_ELEMENTS", stream_min_elements)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        path = runtimes.export_onnx_for_runtime(model, onnx_dir / "order.onnx", (3, SIZE, SIZE))
-        run = runtimes.openvino_runner(path, "fp32")
+        path = backends.export_onnx_for_runtime(model, onnx_dir / "order.onnx", (3, SIZE, SIZE))
+        run = backends.openvino_runner(path, "fp32")
         torch.manual_seed(2)
         for n in (4, 3, 1):
             x = torch.randn(n, 3, SIZE, SIZE)
@@ -103,13 +105,13 @@ def test_inductor_backend_equals_eager(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize("backend", ["eager", "openvino"])
 def test_bf16_backend_close_to_eager(model: torch.nn.Module, onnx_dir: Path, backend: str) -> None:
     _needs(backend, "bf16")
-    fast = runtimes.build_backend(model, backend, torch.bfloat16, workdir=onnx_dir)
+    fast = backends.build_backend(model, backend, torch.bfloat16, workdir=onnx_dir)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         ref = model(x)
     got = fast(x)
     assert got.dtype == torch.float32
-    assert float((got - ref).abs().max()) <= _bound(ref, 1e-3, runtimes.BF16_RTOL)
+    assert float((got - ref).abs().max()) <= _bound(ref, 1e-3, BF16_RTOL)
 
 
 def test_features_only_runtime_returns_a_list() -> None:
@@ -151,7 +153,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Tuple[torch.nn.Module, 
         loss.backward()
         opt.step()
     model.eval()
-    calibration = runtimes.calibration_batches("fashion-mnist", 28, mean, std, 1, n_images=128)
+    calibration = calibration_batches("fashion-mnist", 28, mean, std, 1, n_images=128)
     test = sets["test"].subset(512, seed=2)
     return model, calibration, normalize(test.images, mean, std), test.labels, tmp_path_factory.mktemp("trained")
 
@@ -164,8 +166,8 @@ def test_int8_agrees_with_fp32_on_held_out_images(trained: tuple, backend: str) 
         ref = model(images).argmax(1)
     fp32_acc = float((ref == labels).float().mean())
     assert fp32_acc > 0.6, "the fixture's model did not learn: the int8 check would mean nothing"
-    q = runtimes.build_backend(model, backend, "int8", calibration=calibration, workdir=onnx)
-    assert q.verification["top1_agreement"] >= runtimes.MIN_INT8_AGREEMENT  # on the calibration images
+    q = backends.build_backend(model, backend, "int8", calibration=calibration, workdir=onnx)
+    assert q.verification["top1_agreement"] >= backends.MIN_INT8_AGREEMENT  # on the calibration images
     pred = q(images).argmax(1)  # images the calibration never saw
     assert float((pred == ref).float().mean()) >= 0.95
     assert abs(float((pred == labels).float().mean()) - fp32_acc) <= 0.03
@@ -182,7 +184,7 @@ def test_int8_onnx_export_round_trip(trained: tuple, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     checks = export_model(model, out, "onnx", input_size=28, in_chans=1, mean=(0.286,), std=(0.353,), int8=True,
                           calibration=calibration)
-    assert checks["top-1 agreement on the calibration images"] >= runtimes.MIN_INT8_AGREEMENT
+    assert checks["top-1 agreement on the calibration images"] >= backends.MIN_INT8_AGREEMENT
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantized
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -218,7 +220,7 @@ def test_int8_check_refuses_a_broken_model(trained: tuple) -> None:
     _needs("onnxruntime", "int8")
     model, calibration, _, _, onnx = trained
     with pytest.raises(res2net.errors.Res2NetError, match="agrees with eager"):
-        runtimes.build_backend(model, "onnxruntime", "int8", calibration=calibration, min_agreement=1.01,
+        backends.build_backend(model, "onnxruntime", "int8", calibration=calibration, min_agreement=1.01,
                                workdir=onnx)
 
 
@@ -228,14 +230,14 @@ def test_auto_times_once_then_uses_the_cache(model: torch.nn.Module, tmp_path: P
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     _needs("onnxruntime")
     monkeypatch.setenv("RES2NET_CACHE", str(tmp_path))
-    monkeypatch.setattr(runtimes, "_CHOICES", {})
+    monkeypatch.setattr(autotune, "_CHOICES", {})
     first = res2net.optimize(model, backend="auto")
     choice = first.backend_choice
     assert not choice["cached"] and choice["backend"] in choice["ms"]
-    assert set(choice["ms"]) == set(b for b in runtimes.available_backends("fp32") if b != "inductor")
-    stored = json.loads((tmp_path / runtimes.CACHE_FILE).read_text())
+    assert set(choice["ms"]) == set(b for b in backends.available_backends("fp32") if b != "inductor")
+    stored = json.loads((tmp_path / autotune.CACHE_FILE).read_text())
     assert [v["backend"] for v in stored.values()] == [choice["backend"]]
-    monkeypatch.setattr(runtimes, "_CHOICES", {})  # a new process: only the file remembers
+    monkeypatch.setattr(autotune, "_CHOICES", {})  # a new process: only the file remembers
     second = res2net.optimize(model, backend="auto")
     assert second.backend_choice == {"backend": choice["backend"], "cached": True}
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -247,15 +249,15 @@ def test_auto_times_once_then_uses_the_cache(model: torch.nn.Module, tmp_path: P
 def test_missing_backend_names_the_extra(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     from res2net.extras import MissingExtraError
 
-    real = runtimes.require
+    real = backends.require
 
     def fake_require(module: str, extra: str):  # openvino "not installed"
         if module == "openvino":
             raise MissingExtraError("no openvino")
         return real(module, extra)
 
-    monkeypatch.setattr(runtimes, "require", fake_require)
-    with pytest.raises(runtimes.BackendNotInstalled, match=r"backend 'openvino'.*pip install 'res2net\[deploy\]'"):
+    monkeypatch.setattr(backends, "require", fake_require)
+    with pytest.raises(backends.BackendNotInstalled, match=r"backend 'openvino'.*pip install 'res2net\[deploy\]'"):
         res2net.optimize(model, backend="openvino")
 
 
@@ -269,7 +271,7 @@ def test_bad_arguments(model: torch.nn.Module) -> None:
     with pytest.raises(ConfigError, match="does not run bf16"):
         res2net.optimize(model, dtype=torch.bfloat16, backend="onnxruntime")
     with pytest.raises(ConfigError, match="calibration batch 0"):
-        runtimes.build_backend(model, "onnxruntime", "int8", calibration=[torch.zeros(2, 1, 28, 28)],
+        backends.build_backend(model, "onnxruntime", "int8", calibration=[torch.zeros(2, 1, 28, 28)],
                                input_size=SIZE)
     with pytest.raises(ValueError, match="dtype"):
         res2net.optimize(model, dtype=torch.float16)
@@ -277,7 +279,7 @@ def test_bad_arguments(model: torch.nn.Module) -> None:
 
 def test_runtime_model_refuses_other_shapes_and_training(model: torch.nn.Module, onnx_dir: Path) -> None:
     _needs("onnxruntime")
-    fast = runtimes.build_backend(model, "onnxruntime", "fp32", verify=False, workdir=onnx_dir)
+    fast = backends.build_backend(model, "onnxruntime", "fp32", verify=False, workdir=onnx_dir)
     with pytest.raises(ValueError, match="built for input"):
         fast(torch.zeros(1, 3, SIZE + 8, SIZE + 8))
     with pytest.raises(RuntimeError, match="inference-only"):

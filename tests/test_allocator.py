@@ -1,11 +1,11 @@
-"""The allocator setting the ``res2net`` command applies at start (res2net.runtime)."""
+"""The allocator setting the ``res2net`` command applies at start (res2net.allocator)."""
 
 import ctypes
 import sys
 
 import pytest
 
-import res2net.runtime as runtime
+import res2net.allocator as runtime
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")

@@ -1,5 +1,5 @@
-"""The inference fast path: :func:`optimize` turns any zoo model into an eval-only module computing the same
-function, faster.
+"""The eager inference fast path (``optimize(backend="eager")``, :func:`fuse`): any zoo model as an eval-only
+module computing the same function, faster.
 
 What it does, in order:
 
@@ -16,25 +16,25 @@ What it does, in order:
    (:class:`PackedConv2d`) instead of on every call;
 6. optionally wraps the trunk in ``torch.compile``.
 
-The returned :class:`OptimizedModel` takes the same float32 input and returns float32 output (a tensor, or a
-list for ``features_only`` models). It runs under ``torch.no_grad`` and must not be trained.
+The returned :class:`~res2net.inference.base.OptimizedModel` takes the same float32 input and returns float32
+output (a tensor, or a list for ``features_only`` models). It runs under ``torch.no_grad`` and must not be trained.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .hardware import check_dtype
-from .layers import Res2NetBlock
+from ..errors import ConfigError
+from ..hardware import check_dtype
+from ..layers import Res2NetBlock
+from .base import OptimizedModel
 
-__all__ = ["FusedRes2NetBlock", "OptimizedModel", "PackedConv2d", "fold_bn", "fuse",
-           "pack_convolutions"]
+__all__ = ["FusedRes2NetBlock", "PackedConv2d", "fold_bn", "fuse", "pack_convolutions"]
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
@@ -77,7 +77,7 @@ _ONEDNN_BF16 = _ONEDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 class PackedConv2d(nn.Conv2d):
     """A Conv2d of the eager fast path whose weight is reordered into oneDNN's blocked layout once per input shape
     and dtype (kept for the last :attr:`MAX_SHAPES` shapes) instead of on every call, as PyTorch's eager
-    convolution does: at batch 1 those reorders took about a third of Res2Net-50's forward (docs/BENCHMARKS.md).
+    convolution does (measured: docs/BENCHMARKS.md, "What closed most of the eager gap earlier: packed weights").
     Same parameters, same outputs; falls back to the ordinary convolution off the CPU, without oneDNN, under
     ``torch.compile`` (inductor packs weights itself), for inputs of another dtype and for bf16 where oneDNN has
     no bf16 reorder (CPUs below AVX-512)."""
@@ -237,33 +237,20 @@ def _fold_tree(module: nn.Module) -> nn.Module:
     return module
 
 
-class OptimizedModel(nn.Module):
-    """Eval-only wrapper returned by :func:`optimize`: casts the input to the model's dtype and memory format,
-    runs the fused trunk without autograd, and returns float32 output."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.dtype = dtype
-        self.channels_last = channels_last
-
-    def forward(self, x: Tensor) -> Union[Tensor, List[Tensor]]:
-        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.preserve_format
-        with torch.no_grad():
-            out = self.model(x.to(dtype=self.dtype, memory_format=fmt))
-        if isinstance(out, Tensor):
-            return out.float()
-        return [o.float() for o in out]
-
-    def train(self, mode: bool = True) -> "OptimizedModel":
-        if mode:
-            raise RuntimeError("an optimized model is inference-only (BatchNorm is folded); train the original")
-        return super().train(False)
-
-
 def fuse(model: nn.Module, dtype: torch.dtype = torch.float32, compile: bool = False,
-                    channels_last: bool = True) -> OptimizedModel:
-    """The eager fast path (see the module docstring): fused blocks, folded BN, channels_last, optional bf16."""
+         channels_last: bool = True) -> OptimizedModel:
+    """The eager fast path (see the module docstring): fused blocks, folded BN, channels_last, optional bf16.
+
+    Args:
+        model: any zoo model; it is copied, not modified.
+        dtype: ``torch.float32`` or ``torch.bfloat16`` (BN is folded in float32 first).
+        compile: wrap the fused trunk in ``torch.compile``.
+        channels_last: NHWC weights and input.
+
+    Returns:
+        an eval-only :class:`~res2net.inference.base.OptimizedModel` with ``backend="eager"`` and ``dtype``
+        ``torch.float32`` or ``torch.bfloat16``.
+    """
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
     if not isinstance(compile, bool):
@@ -284,7 +271,8 @@ def fuse(model: nn.Module, dtype: torch.dtype = torch.float32, compile: bool = F
     if device.type == "cpu":
         pack_convolutions(fused)
     trunk: nn.Module = torch.compile(fused) if compile else fused  # type: ignore[assignment]
-    wrapper = OptimizedModel(trunk, dtype, channels_last)
+    wrapper = OptimizedModel(trunk, "eager", "fp32" if dtype == torch.float32 else "bf16", cast_input=True,
+                             channels_last=channels_last)
     for attr in ("feature_info", "default_cfg", "num_classes", "num_features", "out_indices"):
         if hasattr(model, attr):
             setattr(wrapper, attr, getattr(model, attr))

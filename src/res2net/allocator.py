@@ -1,11 +1,10 @@
-"""Process-level settings that make CPU training and inference faster.
+"""The process's memory allocator (glibc malloc) tuned for CPU training and inference.
 
 glibc's malloc hands freed blocks above ``M_MMAP_THRESHOLD`` (and the heap top above ``M_TRIM_THRESHOLD``)
 back to the kernel; a training loop frees and re-allocates the same activation buffers every step, so each
-step pays page faults and the kernel zeroes every page again (measured on a 2-core VM: ~40k page faults/s
-during the Fashion-MNIST default; with this setting 45% fewer faults and a ~8% faster res2net17_slim training
-step, docs/TRAINING.md). :func:`keep_freed_memory` raises
+step pays page faults and the kernel zeroes every page again. :func:`keep_freed_memory` raises
 both thresholds so freed buffers stay in the process and are reused, which is what tcmalloc/jemalloc do.
+Measurements: docs/BENCHMARKS.md ("The allocator setting").
 
 The ``res2net`` console script calls it once at start (``res2net.cli.run``; ``RES2NET_MALLOC_TUNING=0`` turns it
 off); ``res2net.cli.main`` called from another program does not, and library users may call it themselves. It
