@@ -17,7 +17,7 @@ from res2net.engine import (Context, OptimConfig, ResumableBatchSampler, RunConf
                             TrainingDiverged, load_checkpoint, load_config, load_latest, save_atomic)
 from res2net.engine.checkpoint import previous_path
 from res2net.engine.config import from_dict, recipe_names
-from res2net.errors import CheckpointError, ConfigError
+from res2net.errors import CheckpointError, ConfigError, Res2NetError
 
 
 @dataclass
@@ -176,7 +176,7 @@ def test_checkpoint_is_weights_only_and_complete(tmp_path: Path) -> None:
     assert {"model", "config", "history", "epoch", "best"} <= set(best)
     assert best["model"].keys() == state["model"].keys()
     assert (tmp_path / "run" / "best.pt").stat().st_size < (tmp_path / "run" / "last.pt").stat().st_size
-    with pytest.raises(Exception, match="--resume"):
+    with pytest.raises(Res2NetError, match="--resume"):
         _fit(tmp_path / "run")
 
 

@@ -26,7 +26,7 @@ from res2net.engine import Trainer, load_checkpoint, save_atomic
 from res2net.engine.checkpoint import load_latest, previous_path
 from res2net.jsonio import dumps_strict, write_json
 from res2net.engine.runfolder import FolderInUse, RunLock
-from res2net.engine.signals import Preempted
+from res2net.engine.signals import Preempted, TrainingDiverged
 from res2net.errors import CheckpointError, ConfigError
 from test_engine import ToyConfig, ToyTask
 
@@ -153,7 +153,7 @@ def test_second_signal_during_checkpoint_write_does_not_cut_it(tmp_path: Path, m
 
 def test_handlers_restored_after_a_failed_run(tmp_path: Path) -> None:
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Exception):
+    with pytest.raises(TrainingDiverged):
         _run(tmp_path / "nan", task=ToyTask(nan_at_step=2))
     assert signal.getsignal(signal.SIGTERM) == before
 
