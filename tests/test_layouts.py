@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from res2net import create_model
-from res2net import layouts as L
+from res2net.weights import layouts as L
 from res2net.errors import CheckpointError
 from res2net.models import MODELS, get_spec
 

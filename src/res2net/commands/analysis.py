@@ -99,7 +99,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
 # ---- receptive field -----------------------------------------------------------------------------------------
 def cmd_receptive_field(args: argparse.Namespace) -> int:
     """Theoretical receptive-field sets vs the bottleneck, and measured ERFs vs the baseline."""
-    from ..models import create_model, get_spec
+    from ..models import build_model, get_spec
     from ..analysis.receptive_field import (bottleneck_of, effective_rf, erf_extent, erf_inputs, erf_plot, theoretical_rf,
                                   theory_plot)
 
@@ -108,7 +108,7 @@ def cmd_receptive_field(args: argparse.Namespace) -> int:
         raise ValueError(f"--baseline-checkpoint needs --baseline NAME ({args.name} names no baseline)")
     out = out_dir(args.out)
     with torch.device("meta"):
-        net = create_model(args.name, num_classes=0)
+        net = build_model(args.name, num_classes=0)
     theory = {args.name: theoretical_rf(net), "bottleneck (s=1), same depth": theoretical_rf(bottleneck_of(args.name))}
     theory_plot(theory, out / "rf_theory.png")
     rows = [{"model": label, **{k: v for k, v in r.items() if k != "sizes"}}

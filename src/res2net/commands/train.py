@@ -22,9 +22,8 @@ from ..models import get_spec
 from ..tasks.classification import (DATASETS, DEFAULT_RECIPE, ClassificationConfig, ClassificationData,
                                     ClassificationTask, earlier_models, load_data, model_summary,
                                     write_report)
-from ..pretrained import PRETRAINED_DIR, fetch_first, save_pretrained
 from ..tasks.classification.seeds import seed_statistics, seeds_plot
-from ..weights import describe_checkpoint, model_from_checkpoint
+from ..weights import PRETRAINED_DIR, describe_checkpoint, fetch_first, load_model, parse_pretrained, save_pretrained
 from .common import add_engine_args, command_line, engine_values, positive_int
 
 TASK_FLAGS = {"model": "model.names", "dataset": "data.dataset", "data_dir": "data.data_dir",
@@ -41,7 +40,7 @@ def train_config(args: argparse.Namespace) -> ClassificationConfig:
     cfg = load_config(ClassificationConfig, args.config, args.overrides, values)
     for name in cfg.model.names:
         get_spec(name)  # unknown names fail before any data is read
-    if cfg.model.pretrained not in ("", "official") and len(cfg.model.names) > 1:
+    if not isinstance(parse_pretrained(cfg.model.pretrained), bool) and len(cfg.model.names) > 1:
         raise ConfigError(f"model.pretrained={cfg.model.pretrained!r} holds one model's weights; train one model "
                           f"(--model NAME), not {', '.join(cfg.model.names)}")
     return cfg
@@ -50,10 +49,10 @@ def train_config(args: argparse.Namespace) -> ClassificationConfig:
 def train_one(name: str, cfg: ClassificationConfig, out: Path, resume: bool, quiet: bool
               ) -> Tuple[Dict[str, Any], Optional[Tensor], ClassificationData]:
     """Fit one model (fine-tuning from ``model.pretrained`` when set) into ``out``; write its best weights as a
-    :func:`~res2net.pretrained.save_pretrained` folder (``out/pretrained``); return its report entry."""
+    :func:`~res2net.weights.save_pretrained` folder (``out/pretrained``); return its report entry."""
     weights = None
     if cfg.model.pretrained:
-        weights = fetch_first(name, True if cfg.model.pretrained == "official" else cfg.model.pretrained)
+        weights = fetch_first(name, cfg.model.pretrained)
     data = load_data(cfg.data, name, cfg.run.seed, card=weights.preprocessing if weights else None)
     task = ClassificationTask(name, cfg, data, weights)
     if not quiet:
@@ -63,10 +62,9 @@ def train_one(name: str, cfg: ClassificationConfig, out: Path, resume: bool, qui
     result = fit(task, cfg, out, resume=resume)
     summary = model_summary(name, result, data, len(task.skipped))
     if task.dist.is_main and (out / "best.pt").is_file():
-        best = model_from_checkpoint(out / "best.pt", name)
-        save_pretrained(best.model, out / PRETRAINED_DIR, name, classes=data.classes,
-                        preprocessing=best.preprocessing, data=cfg.data.dataset, command=command_line("train"),
-                        metrics={k: summary[k] for k in ("test_top1", "test_top5")})
+        best = load_model(out / "best.pt", name)  # the model's name, classes and preprocessing come with it
+        save_pretrained(best, out / PRETRAINED_DIR, classes=data.classes, data=cfg.data.dataset,
+                        command=command_line("train"), metrics={k: summary[k] for k in ("test_top1", "test_top5")})
     return summary, task.confusion, data
 
 
@@ -148,7 +146,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = load_config(ClassificationConfig, None, args.overrides, values)
     data = load_data(cfg.data, name, cfg.run.seed)
     task = ClassificationTask(name, cfg, data)
-    model = model_from_checkpoint(info, name).model
+    model = load_model(info, name)
     if (model.num_classes, model.in_chans) != (len(data.classes), data.in_chans):
         raise CheckpointError(f"{args.checkpoint} holds {name} for {model.num_classes} classes and {model.in_chans} "
                               f"input channel(s); {cfg.data.dataset} has {len(data.classes)} and {data.in_chans}")

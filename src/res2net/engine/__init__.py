@@ -49,7 +49,7 @@ reads it with :func:`load_config(schema, recipe, overrides, values)` from a pack
 Learning rate: ``optim.lr`` is for a global batch of ``optim.lr_batch``; the loop uses
 ``lr * batch_size * world_size / lr_batch`` (linear scaling rule), so adding processes keeps the recipe.
 Checkpoints load with ``torch.load(path, weights_only=True)`` (:func:`load_checkpoint`, which is
-:func:`res2net.weights.read_checkpoint`, the package's one checkpoint reader).
+:func:`res2net.weights.io.read_checkpoint`, the package's one checkpoint reader).
 """
 
 from .checkpoint import load_checkpoint, load_latest, save_atomic

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from ..errors import CheckpointError, ConfigError, Res2NetError
 from ..hardware import default_workers, limit_threads, select_device
-from ..weights import load_state_dict_strict
+from ..weights.load import load_state_dict_strict
 from .checkpoint import load_latest, previous_path, rng_state, save_atomic, set_rng_state
 from .config import OptimConfig, RunConfig, SchedConfig, to_dict
 from .distributed import (DistInfo, agree, all_reduce_mean, barrier, broadcast_buffers, broadcast_object, cleanup,
