@@ -300,8 +300,10 @@ def build_model(
         global_pool: ``"avg"`` (default), ``"max"`` or ``""`` (no pooling: the classifier then gives logits at
             every position, (N, classes, H, W)).
 
-    The model carries ``pretrained_cfg`` (= ``default_cfg``): the card's preprocessing in timm's format
-    (``input_size`` as ``(C, H, W)``, see :func:`pretrained_cfg`).
+    Returns:
+        The model (or its ``FeatureExtractor``), carrying ``pretrained_cfg`` (= ``default_cfg``): its name
+        (``architecture``) and the card's preprocessing in timm's format (``input_size`` as ``(C, H, W)``, see
+        :func:`pretrained_cfg`).
 
     >>> build_model("res2net50_26w_4s", num_classes=10)(torch.randn(1, 3, 64, 64)).shape
     torch.Size([1, 10])
