@@ -159,7 +159,7 @@ def test_load_model_writes_the_weights_preprocessing_into_pretrained_cfg(tmp_pat
     the runtimes and timm's data config read) and ``model.preprocessing`` alike; save_pretrained reads the
     model's name from the model; torch.compile's ``_orig_mod.`` prefix is taken off a state dict."""
     from res2net.data.preprocessing import Preprocessing
-    from res2net.weights import unwrap_state_dict
+    from res2net.weights import parse_pretrained, unwrap_state_dict
 
     model = randomize_norms(res2net.create_model(MODEL, num_classes=3, in_chans=1))
     prep = Preprocessing(28, (0.3,), (0.35,), 1.0, "bicubic")
@@ -174,6 +174,10 @@ def test_load_model_writes_the_weights_preprocessing_into_pretrained_cfg(tmp_pat
     assert again["res2net"]["classes"] == ["x", "y", "z"]
     with pytest.raises(ValueError, match="give name="):
         save_pretrained(nn.Linear(2, 2), tmp_path / "c")
+    assert [parse_pretrained(v) for v in (True, "official", "", None, False, "w.pth")] == \
+        [True, True, False, False, False, "w.pth"]
+    with pytest.raises(CheckpointError, match="give the model name"):
+        res2net.load_model("official")
     weight = torch.ones(2)
     assert unwrap_state_dict({"module._orig_mod.fc.weight": weight}) == {"fc.weight": weight}
     assert unwrap_state_dict({"model": {"_orig_mod.fc.weight": weight}}) == {"fc.weight": weight}

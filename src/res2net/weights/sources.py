@@ -112,8 +112,8 @@ def known_sources(name: str) -> List[Source]:
 
 
 def parse_source(text: Union[str, Path]) -> Source:
-    """``hf-hub:ORG/REPO[@REVISION]``, an ``https://``/``file://`` URL, a folder (of :func:`save_pretrained`) or
-    a weights file (.pth/.pt/.bin/.safetensors)."""
+    """``hf-hub:ORG/REPO[@REVISION]``, an ``https://``/``file://`` URL, a folder (of
+    :func:`~res2net.weights.save_pretrained`, or a run folder) or a weights file (.pth/.pt/.bin/.safetensors)."""
     text = str(text)
     if text.startswith("hf-hub:"):
         repo, _, revision = text[len("hf-hub:"):].partition("@")
