@@ -3,7 +3,7 @@
 ``io`` (reading checkpoint files, unwrapping, hashes), ``layouts`` (other frameworks' key layouts), ``sources``
 (every way of naming weights, fetching, caches), ``load`` (the layout step, the one strict loader, the public
 :func:`create_model` and the one loader :func:`load_model`), ``hub`` (:func:`save_pretrained`, model cards) and
-``convert`` (``res2net convert``). Inside the package: io <- layouts, sources <- load <- hub, convert.
+``convert`` (``res2net convert``). Each module imports only those named before it (tests/test_imports.py).
 """
 
 from .convert import ConvertReport, convert_checkpoint
