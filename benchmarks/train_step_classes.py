@@ -36,7 +36,7 @@ def measure(model_name: str, rounds: int, batch: int) -> Dict[str, object]:
     steps = {}
     for case in CASES:
         cl = "channels_last" in case
-        model = res2net.models.create_model(model_name, num_classes=10, in_chans=1)
+        model = res2net.models.build_model(model_name, num_classes=10, in_chans=1)
         fmt = torch.channels_last if cl else torch.contiguous_format
         model = model.to(memory_format=fmt)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)

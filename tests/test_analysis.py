@@ -13,7 +13,7 @@ from res2net.analysis.cam import GradCAM, resolve_layer
 from res2net.analysis.receptive_field import (block_paths, bottleneck_of, effective_rf, erf_extent,
                                               theoretical_rf)
 from res2net.cli import main
-from res2net.models import ResNet, create_model
+from res2net.models import ResNet, build_model
 
 
 # ---- complexity ------------------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_gradcam_matches_pytorch_grad_cam() -> None:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     torch.manual_seed(0)
-    model = create_model("res2net20_cifar", num_classes=10).eval()
+    model = build_model("res2net20_cifar", num_classes=10).eval()
     for m in model.modules():  # non-trivial BN statistics so the maps are not flat
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
@@ -74,7 +74,7 @@ def test_gradcam_matches_pytorch_grad_cam() -> None:
 
 
 def test_gradcam_bad_layer_and_target() -> None:
-    model = create_model("res2net20_cifar").eval()
+    model = build_model("res2net20_cifar").eval()
     with pytest.raises(ValueError, match="--layer 'nope'"):
         GradCAM(model, "nope")
     with pytest.raises(ValueError, match="--target"):
@@ -84,7 +84,7 @@ def test_gradcam_bad_layer_and_target() -> None:
 @pytest.mark.slow
 def test_cam_command_two_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = tmp_path / "r20.pt"
-    torch.save({"model": create_model("resnet20_cifar", num_classes=10, in_chans=1).state_dict()}, ckpt)
+    torch.save({"model": build_model("resnet20_cifar", num_classes=10, in_chans=1).state_dict()}, ckpt)
     assert main(["cam", "--model", "res2net20_cifar", "--compare", "resnet20_cifar", "--compare-checkpoint",
                  str(ckpt), "--out", str(tmp_path / "cam")]) == 0
     out = tmp_path / "cam"
@@ -106,7 +106,7 @@ def test_checkpoint_preprocessing_follows_training_config(tmp_path: Path) -> Non
         p = checkpoint_preprocessing(describe_checkpoint(path) if path else None, name, in_chans)
         return p.input_size, p.mean, p.std
 
-    state = create_model("res2net17_slim", num_classes=10, in_chans=1).state_dict()
+    state = build_model("res2net17_slim", num_classes=10, in_chans=1).state_dict()
     ckpt = tmp_path / "fm.pt"
     torch.save({"model": state, "config": {"data": {"dataset": "fashion-mnist", "input_size": None}}}, ckpt)
     assert preprocessing("res2net17_slim", ckpt, in_chans=1) == (28, fashion_mnist.MEAN, fashion_mnist.STD)
@@ -139,7 +139,7 @@ def test_theoretical_rf_resnet50_is_427() -> None:
     recs = theoretical_rf(bottleneck_of("res2net50_26w_4s"))
     assert recs[-1]["max_rf"] == 427  # the well-known theoretical receptive field of ResNet-50
     with torch.device("meta"):
-        res2 = theoretical_rf(create_model("res2net50_26w_4s"))
+        res2 = theoretical_rf(build_model("res2net50_26w_4s"))
     assert res2[-1]["distinct_sizes"] > 2 * recs[-1]["distinct_sizes"]
     with pytest.raises(ValueError, match="dla"):
         bottleneck_of("res2net_dla60")
@@ -147,7 +147,7 @@ def test_theoretical_rf_resnet50_is_427() -> None:
 
 def test_effective_rf_grows_with_depth() -> None:
     torch.manual_seed(0)
-    model = create_model("res2net20_cifar").eval()
+    model = build_model("res2net20_cifar").eval()
     maps = effective_rf(model, torch.randn(2, 3, 32, 32))
     assert len(maps) == 4 and all(abs(float(m.sum()) - 1) < 1e-4 for m in maps)
     extents = [erf_extent(m) for m in maps]
@@ -158,7 +158,7 @@ def test_effective_rf_grows_with_depth() -> None:
 @pytest.mark.slow
 def test_receptive_field_command(tmp_path: Path) -> None:
     ckpt = tmp_path / "r.pt"
-    torch.save({"model": create_model("res2net20_cifar", num_classes=10, in_chans=1).state_dict()}, ckpt)
+    torch.save({"model": build_model("res2net20_cifar", num_classes=10, in_chans=1).state_dict()}, ckpt)
     out = tmp_path / "rf"
     assert main(["receptive-field", "--model", "res2net20_cifar", "--checkpoint", str(ckpt), "--images", "2",
                  "--out", str(out)]) == 0

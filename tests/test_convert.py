@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from res2net import create_model
-from res2net import layouts as L
+from res2net.weights import layouts as L
 from res2net.cli import main
-from res2net.convert import convert_checkpoint, read_state_dict
+from res2net.weights.convert import convert_checkpoint, read_state_dict
 from res2net.errors import CheckpointError
 
 V1B = "res2net50_v1b_26w_4s"
@@ -96,7 +96,7 @@ def test_dst_untouched_when_verification_fails(official_file, tmp_path, monkeypa
     src, _ = official_file
     dst = tmp_path / "keep.pth"
     dst.write_bytes(b"previous content")
-    import res2net.convert as convert
+    import res2net.weights.convert as convert
 
     real_write = convert._write
 

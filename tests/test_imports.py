@@ -24,20 +24,19 @@ ALLOWED: Dict[str, Set[str]] = {
     "data": {"errors", "extras"},
     "layers": set(),
     "models": {"layers", "errors"},
-    "layouts": {"models", "errors"},
-    "weights": {"layouts", "models", "data", "errors"},
-    "pretrained": {"files", "weights", "layouts", "models", "data", "errors"},
-    "convert": {"files", "weights", "layouts", "models", "errors"},
+    "weights": {"files", "models", "data", "errors"},  # io, layouts, sources, load, hub, convert (WEIGHTS_ORDER)
     "engine": {"files", "weights", "models", "data", "errors", "jsonio", "hardware"},
-    "tasks": {"engine", "pretrained", "weights", "models", "layers", "data", "errors", "jsonio", "reporting",
-              "profiling", "hardware"},
+    "tasks": {"engine", "weights", "models", "layers", "data", "errors", "jsonio", "reporting", "profiling",
+              "hardware"},
     "analysis": {"weights", "models", "layers", "data", "errors", "jsonio", "reporting", "profiling", "hardware"},
     "inference": {"files", "layers", "models", "data", "errors", "extras", "hardware"},
     "export": {"files", "inference", "weights", "models", "data", "errors", "extras"},
-    "bench": {"inference", "layouts", "models", "data", "errors", "extras", "profiling", "jsonio", "hardware"},
-    "predict": {"files", "inference", "pretrained", "weights", "data", "errors", "hardware"},
-    "timm_compat": {"pretrained", "models"},
+    "bench": {"inference", "weights", "models", "data", "errors", "extras", "profiling", "jsonio", "hardware"},
+    "predict": {"files", "inference", "weights", "data", "errors", "hardware"},
+    "timm_compat": {"weights", "models"},
 }
+# inside the weights package, each module imports only the ones before it (the package's __init__ imports all)
+WEIGHTS_ORDER = ["io", "layouts", "sources", "load", "hub", "convert"]
 TOP = {"commands", "cli", "res2net"}  # the command layer and the package root may import anything below
 
 
@@ -85,6 +84,17 @@ def test_every_part_imports_only_the_layers_below() -> None:
         assert here in ALLOWED, f"{module}: a new part of the package; place it in ALLOWED (docs/ARCHITECTURE.md)"
         wrong += [f"{module} -> {d}" for d in sorted(deps) if part(d) != here and part(d) not in ALLOWED[here]]
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_weights_package_layers() -> None:
+    edges = graph()
+    prefix = "res2net.weights."
+    modules = {m for m in edges if m.startswith(prefix)}
+    assert modules == {prefix + m for m in WEIGHTS_ORDER}, "a new module of weights/: place it in WEIGHTS_ORDER"
+    wrong = [f"{m} -> {d}" for m in sorted(modules) for d in sorted(edges[m])
+             if part(d) == "weights" and (d not in modules or
+                                          WEIGHTS_ORDER.index(d[len(prefix):]) >= WEIGHTS_ORDER.index(m[len(prefix):]))]
+    assert not wrong, "imports against the weights package's order:\n" + "\n".join(wrong)
 
 
 def test_no_import_cycle() -> None:

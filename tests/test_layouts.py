@@ -1,4 +1,4 @@
-"""Key layouts (res2net.layouts): renaming rules against the real timm/torchvision models and against the key/shape
+"""Key layouts (res2net.weights.layouts): renaming rules against the real timm/torchvision models and against the key/shape
 fixtures derived by hand from mmdetection, mmpretrain and the detectron2 port (tests/fixtures/layouts)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from res2net import create_model
-from res2net import layouts as L
+from res2net.weights import layouts as L
 from res2net.errors import CheckpointError
 from res2net.models import MODELS, get_spec
 

@@ -16,6 +16,7 @@ from torch import nn
 
 import res2net
 import res2net.weights
+from res2net.weights import load_state_dict_strict, to_our_layout
 from res2net.errors import CheckpointError
 from res2net.models import DLA, MODELS, FeatureExtractor, ResNet, UnknownModelError, get_spec, model_complexity
 from res2net.models.common import UnusedWeights
@@ -79,7 +80,7 @@ def test_baselines_match_torchvision(ours, theirs):
     assert count_params(model) == count_params(peer)
     if ours == "resnet50":  # torchvision's weights load through the key adapter and give the same function
         randomize_norms(peer)
-        res2net.weights.load_state_dict_strict(model, peer.state_dict(), "torchvision resnet50")
+        load_state_dict_strict(model, to_our_layout(peer.state_dict(), ours, model), "torchvision resnet50")
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
             torch.testing.assert_close(model(x), peer(x), rtol=1e-5, atol=1e-5)

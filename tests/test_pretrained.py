@@ -22,8 +22,8 @@ import res2net
 from res2net.cli import main
 from res2net.data import fashion_mnist as fm
 from res2net.errors import CheckpointError
-from res2net.pretrained import adapt_input_channels, save_pretrained
 from res2net.tasks.classification.seeds import seed_statistics, t_critical
+from res2net.weights import adapt_input_channels, save_pretrained
 
 HAVE_FMNIST = all((fm.DEFAULT_DIR / n).is_file() for n in fm.GZ_MD5)
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
@@ -153,6 +153,35 @@ def test_save_pretrained_round_trip(tmp_path: Path) -> None:
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     save_pretrained(loaded, folder, MODEL)  # overwriting keeps one complete folder, no leftovers beside it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+
+
+def test_load_model_writes_the_weights_preprocessing_into_pretrained_cfg(tmp_path: Path) -> None:
+    """One loader, one preprocessing: a folder's preprocessing is in ``model.pretrained_cfg`` (timm's keys, what
+    the runtimes and timm's data config read) and ``model.preprocessing`` alike; save_pretrained reads the
+    model's name from the model; torch.compile's ``_orig_mod.`` prefix is taken off a state dict."""
+    from res2net.data.preprocessing import Preprocessing
+    from res2net.weights import parse_pretrained, unwrap_state_dict
+
+    model = randomize_norms(res2net.create_model(MODEL, num_classes=3, in_chans=1))
+    prep = Preprocessing(28, (0.3,), (0.35,), 1.0, "bicubic")
+    folder = save_pretrained(model, tmp_path / "a", classes=["x", "y", "z"], preprocessing=prep)
+    loaded = res2net.load_model(str(folder))
+    cfg = loaded.pretrained_cfg
+    assert loaded.preprocessing == prep and cfg["architecture"] == MODEL
+    assert (cfg["input_size"], cfg["mean"], cfg["std"], cfg["crop_pct"], cfg["interpolation"]) == \
+        ((1, 28, 28), (0.3,), (0.35,), 1.0, "bicubic")
+    again = json.loads((save_pretrained(loaded, tmp_path / "b") / "config.json").read_text())
+    assert again["architecture"] == MODEL and again["res2net"]["preprocessing"] == prep.to_dict()
+    assert again["res2net"]["classes"] == ["x", "y", "z"]
+    with pytest.raises(ValueError, match="give name="):
+        save_pretrained(nn.Linear(2, 2), tmp_path / "c")
+    assert [parse_pretrained(v) for v in (True, "official", "", None, False, "w.pth")] == \
+        [True, True, False, False, False, "w.pth"]
+    with pytest.raises(CheckpointError, match="give the model name"):
+        res2net.load_model("official")
+    weight = torch.ones(2)
+    assert unwrap_state_dict({"module._orig_mod.fc.weight": weight}) == {"fc.weight": weight}
+    assert unwrap_state_dict({"model": {"_orig_mod.fc.weight": weight}}) == {"fc.weight": weight}
 
 
 def test_adapt_input_channels_follows_timms_convention() -> None:

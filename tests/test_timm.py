@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import res2net
-from res2net.models import MODELS, create_model
+from res2net.models import MODELS, build_model
 
 timm = pytest.importorskip("timm")
 
@@ -91,7 +91,7 @@ def test_timm_data_config_is_the_card(name):
 def test_timm_create_model_builds_ours():
     tname = res2net.register_timm_models(["res2net_dla60"])["res2net_dla60"]
     model = timm.create_model(tname, num_classes=7, in_chans=1).eval()
-    ours = create_model("res2net_dla60", num_classes=7, in_chans=1).eval()
+    ours = build_model("res2net_dla60", num_classes=7, in_chans=1).eval()
     assert type(model) is type(ours) and list(model.state_dict()) == list(ours.state_dict())
     ours.load_state_dict(model.state_dict())
     x = torch.randn(2, 1, 64, 64)
@@ -181,7 +181,7 @@ def test_segmentation_models_pytorch_unet_with_our_encoder():
     torch.manual_seed(0)
     net = smp.Unet(encoder_name="tu-" + tname, encoder_weights=None, classes=3)
     assert net.encoder.out_channels == [3, 32, 128, 256, 512, 1024]
-    body = create_model("res2net26_lite", features_only=True)
+    body = build_model("res2net26_lite", features_only=True)
     body.load_state_dict(net.encoder.model.state_dict())  # the encoder is our FeatureExtractor, same keys
     x = torch.randn(2, 3, 64, 64)
     net.eval(), body.eval()

@@ -12,11 +12,11 @@ from .layers import Res2NetBlock  # noqa: E402
 from .models import count_macs, count_params, get_spec, list_models, model_card
 from .inference import optimize
 from .predict import Predictor
-from .pretrained import create_model, save_pretrained
 from .timm_compat import register_timm_models
-from .weights import model_from_checkpoint
+from .weights import create_model, load_model, model_from_checkpoint, save_pretrained
 
 __version__ = "0.1.0"
 
 __all__ = ["Predictor", "Res2NetBlock", "__version__", "count_macs", "count_params", "create_model", "get_spec",
-           "list_models", "model_card", "model_from_checkpoint", "optimize", "register_timm_models", "save_pretrained"]
+           "list_models", "load_model", "model_card", "model_from_checkpoint", "optimize", "register_timm_models",
+           "save_pretrained"]

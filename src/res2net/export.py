@@ -198,15 +198,25 @@ def _write_openvino(model: nn.Module, sample: Tensor, xml: Path, opset: int, exp
 
 def model_for_export(name: str, checkpoint: Optional[str] = None, num_classes: Optional[int] = None
                      ) -> Tuple[nn.Module, int, Tuple[float, ...], Tuple[float, ...]]:
-    """(model in eval mode, input size, mean, std). A checkpoint of ``res2net train`` brings its own input
-    channels, classes and preprocessing (e.g. Fashion-MNIST: 1 channel, 28 px, the set's statistics); any
-    other checkpoint (official, timm or torchvision layout) or none loads into the model card's shape."""
-    from .models import create_model
-    from .weights import card_preprocessing, model_from_checkpoint
+    """The model to export and its input: :func:`res2net.weights.load_model` of ``checkpoint`` (a checkpoint of
+    ``res2net train`` brings its own input channels, classes and preprocessing, e.g. Fashion-MNIST: 1 channel,
+    28 px, the set's statistics, and refuses another ``num_classes``; official, timm or torchvision weights load
+    into the model card's shape), or random weights with the card's preprocessing.
+
+    Args:
+        name: the zoo model.
+        checkpoint: its weights; None: random weights.
+        num_classes: classifier outputs (default: the weights', else the card's).
+
+    Returns:
+        (model in eval mode, input size, mean, std).
+    """
+    from .models import build_model
+    from .weights import load_model, preprocessing_of
 
     if checkpoint is None:
-        prep = card_preprocessing(name)
-        model = create_model(name, num_classes=num_classes).eval()
+        model = build_model(name, num_classes=num_classes)
     else:
-        model, prep, _ = model_from_checkpoint(checkpoint, name, num_classes=num_classes)
+        model = load_model(checkpoint, name, num_classes=num_classes, keep_trained_head=True)
+    prep = preprocessing_of(model.eval(), name)
     return model, prep.input_size, prep.mean, prep.std

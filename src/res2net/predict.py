@@ -23,7 +23,7 @@ from .data.samples import IMAGE_EXTS, load_image, resize_center
 from .errors import DataError, Res2NetError
 from .files import live_run
 from .hardware import default_dtype, select_device
-from .weights import card_preprocessing
+from .weights import load_model, preprocessing_of
 
 ImageInput = Union[str, Path, Tensor]
 Record = Dict[str, Any]
@@ -188,17 +188,13 @@ class Predictor:
     @staticmethod
     def _resolve(model_or_source: Union[nn.Module, str, Path], name: Optional[str]
                  ) -> Tuple[nn.Module, List[str], Preprocessing, str]:
-        from .pretrained import create_model, load_model
-
+        """(model, class names, preprocessing, zoo name): a given model, or :func:`res2net.weights.load_model`
+        of the weights."""
         if isinstance(model_or_source, nn.Module):
             model = model_or_source
             name = name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
             if not name:
                 raise ValueError("Predictor(model): give name= (the zoo model), the model does not say it")
-        elif str(model_or_source) == "official":
-            if not name:
-                raise ValueError("pretrained official weights: give the model name (--model NAME)")
-            model = create_model(name, pretrained=True)
         else:
             model = load_model(model_or_source, name)
             name = name or model.pretrained_cfg["architecture"]
@@ -206,8 +202,7 @@ class Predictor:
         n = int(getattr(model, "num_classes", 0) or 0)
         if not classes:
             classes = imagenet_classes() if n == 1000 else [f"class {i}" for i in range(n)]
-        prep = getattr(model, "preprocessing", None) or card_preprocessing(name)
-        return model, classes, prep, name
+        return model, classes, preprocessing_of(model, name), name
 
     def load(self, image: ImageInput) -> Tensor:
         """One image as the model's normalised input ``(C, S, S)``: a file, or a float tensor (C, H, W) in [0, 1]."""

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..models import create_model, get_spec, list_models, model_complexity
+from ..models import build_model, get_spec, list_models, model_complexity
 from ..profiling import measure_latency, peak_memory_mb
 
 # Paper Table 3 FLOPs column (GMACs at 224x224); other rows have no published figure in the paper.
@@ -54,7 +54,7 @@ def _step(model: nn.Module, x: torch.Tensor, train: bool) -> None:
 def measure_memory(name: str, input_size: int = 224, device: Optional[torch.device] = None) -> Dict[str, float]:
     """Peak memory (MiB) of one ``input_size`` image in inference and in a training step (see module doc)."""
     device = device or torch.device("cpu")
-    model = create_model(name).to(device)
+    model = build_model(name).to(device)
     x = torch.randn(1, 3, input_size, input_size, device=device)
     return {key: peak_memory_mb(lambda train=train: _step(model, x, train), device, [model])
             for key, train in (("peak_mem_infer_mb", False), ("peak_mem_train_mb", True))}
@@ -66,7 +66,7 @@ def complexity_row(name: str, input_size: int = 224, batch_size: int = 16, warmu
     device = device or torch.device("cpu")
     spec = get_spec(name)
     params, macs = model_complexity(spec.name, input_size)
-    model = create_model(spec.name).to(device)
+    model = build_model(spec.name).to(device)
     row: Dict[str, Any] = {"model": spec.name, "params": params, "macs": macs}
     for b in (1, batch_size):
         row[f"latency_ms_b{b}"] = measure_latency(model, b, input_size, warmup=warmup, repeats=repeats,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..data.samples import sample_images
 from ..jsonio import write_json
 from ..layers import Res2NetBlock
-from ..models import ResNet, create_model, get_spec
+from ..models import ResNet, build_model, get_spec
 from ..reporting import md_table, out_dir, write_csv
 from .common import trained_model
 
@@ -208,7 +208,7 @@ def receptive_field_report(name: str, out: str | Path, checkpoint: Optional[str]
         raise ValueError(f"--baseline-checkpoint needs --baseline NAME ({name} names no baseline)")
     folder = out_dir(out)
     with torch.device("meta"):
-        net = create_model(name, num_classes=0)
+        net = build_model(name, num_classes=0)
     theory = {name: theoretical_rf(net), "bottleneck (s=1), same depth": theoretical_rf(bottleneck_of(name))}
     theory_plot(theory, folder / "rf_theory.png")
     rows = [{"model": label, **{k: v for k, v in r.items() if k != "sizes"}}

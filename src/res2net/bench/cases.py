@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..extras import require
-from ..layouts import rename_scale1_keys
+from ..weights.layouts import rename_scale1_keys
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": "int8"}
 RUNTIMES = ("inductor", "onnxruntime", "openvino")
@@ -128,12 +128,12 @@ def setup_model(cfg: BenchConfig, name: str, device: torch.device, with_torchvis
     """Our model (random weights, seeded), timm's copy and torchvision's resnet50 when peers are asked for."""
     import torchvision
 
-    from ..models import create_model, get_spec
+    from ..models import build_model, get_spec
 
     spec = get_spec(name)
     size = cfg.input_size or spec.input_size
     n_cls = cfg.num_classes if cfg.num_classes is not None else spec.num_classes
-    ours = create_model(name, num_classes=n_cls).to(device).eval()
+    ours = build_model(name, num_classes=n_cls).to(device).eval()
     setup = ModelSetup(name, size, n_cls, ours, flops_per_image(ours, size))
     if cfg.peers:
         timm_m = timm_model(name, ours, n_cls)
@@ -327,17 +327,17 @@ def training_cases(cfg: BenchConfig, rows: _Rows) -> None:
     """An SGD step of ours (channels_last; compiled; with grad checkpointing), timm's and torchvision's."""
     import torchvision
 
-    from ..models import create_model
+    from ..models import build_model
 
     s, dt, xcl, amp = rows.setup, rows.dtype, rows.xcl, rows.amp
     device = xcl.device
-    ours_t = create_model(s.name, num_classes=s.num_classes).to(device, memory_format=torch.channels_last)
+    ours_t = build_model(s.name, num_classes=s.num_classes).to(device, memory_format=torch.channels_last)
     ours_t.load_state_dict(s.ours.state_dict())
     rows.add("ours", "channels_last", "train", ours_t.train(), xcl, amp)
     if cfg.compile:  # a separate copy: the compiled step keeps its own optimizer state
         rows.add("ours-compiled", "channels_last", "train", torch.compile(copy.deepcopy(ours_t)), xcl, amp)
     if cfg.grad_checkpointing:
-        ck = create_model(s.name, num_classes=s.num_classes, grad_checkpointing=True)
+        ck = build_model(s.name, num_classes=s.num_classes, grad_checkpointing=True)
         rows.add("ours-ckpt", "channels_last", "train", ck.to(device, memory_format=torch.channels_last).train(),
                  xcl, amp)
     if s.timm is not None:
@@ -403,7 +403,7 @@ def roofline_cases(cfg: BenchConfig, device: torch.device, log: Callable[[str], 
                    ) -> Tuple[List[Case], Dict[str, Any]]:
     """The conv probes at each model's own stage shapes, per dtype and batch (int8 through the fastest
     installed int8 runtime: OpenVINO, else onnxruntime); returns the cases and each model's stage table."""
-    from ..models import create_model, get_spec
+    from ..models import build_model, get_spec
     from .roofline import conv_shapes, eager_probe_step, probe_flops, runtime_probe_step, stage_probes
 
     cases: List[Case] = []
@@ -412,7 +412,7 @@ def roofline_cases(cfg: BenchConfig, device: torch.device, log: Callable[[str], 
     for name in cfg.models:
         size = cfg.input_size or get_spec(name).input_size
         with torch.device("meta"):
-            model = create_model(name)
+            model = build_model(name)
         probes = stage_probes(conv_shapes(model, (3, size, size)))
         stages[f"{name}@{size}"] = [dict(hw=list(p.hw), channels=p.channels, flops_share=p.flops_share)
                                     for p in probes]

@@ -1,12 +1,12 @@
 """``res2net convert``: a checkpoint from one framework's key layout to another's, verified before an atomic
-write (:mod:`res2net.convert`)."""
+write (:mod:`res2net.weights.convert`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from .. import layouts
-from ..convert import FORMATS, convert_checkpoint
+from ..weights import layouts
+from ..weights.convert import FORMATS, convert_checkpoint
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:

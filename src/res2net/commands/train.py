@@ -13,6 +13,7 @@ from ..jsonio import write_json
 from ..models import get_spec
 from ..tasks.classification import DATASETS, DEFAULT_RECIPE, ClassificationConfig
 from ..tasks.classification.run import evaluate_checkpoint, train_models
+from ..weights import parse_pretrained
 from .common import add_engine_args, command_line, engine_values, positive_int
 
 TASK_FLAGS = {"model": "model.name", "dataset": "data.dataset", "data_dir": "data.root",
@@ -27,7 +28,7 @@ def train_config(args: argparse.Namespace) -> ClassificationConfig:
     cfg = load_config(ClassificationConfig, args.config, args.overrides, values)
     for name in cfg.model.name:
         get_spec(name)  # unknown names fail before any data is read
-    if cfg.model.pretrained not in ("", "official") and len(cfg.model.name) > 1:
+    if not isinstance(parse_pretrained(cfg.model.pretrained), bool) and len(cfg.model.name) > 1:
         raise ConfigError(f"model.pretrained={cfg.model.pretrained!r} holds one model's weights; train one model "
                           f"(--model NAME), not {', '.join(cfg.model.name)}")
     return cfg

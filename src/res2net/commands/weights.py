@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import List
 
-from ..pretrained import OFFICIAL_LICENSE_NOTE, download, weights_table
+from ..weights.sources import OFFICIAL_LICENSE_NOTE, download, weights_table
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:

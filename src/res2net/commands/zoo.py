@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from ..models.registry import create_model, get_spec, list_models, model_card, model_complexity
+from ..models.registry import build_model, get_spec, list_models, model_card, model_complexity
 from .common import positive_int
 
 
@@ -16,7 +16,7 @@ def feature_shapes(name: str, input_size: int) -> List[Tuple[str, Tuple[int, ...
     """(module, shape, reduction) of every stage map C1..C5 for one image, computed on the meta device."""
     spec = get_spec(name)
     with torch.device("meta"):
-        model = create_model(spec.name, features_only=True).eval()
+        model = build_model(spec.name, features_only=True).eval()
         feats = model(torch.zeros(1, 3, input_size, input_size))
     return [(info["module"], tuple(f.shape[1:]), info["reduction"]) for info, f in zip(model.feature_info, feats)]
 

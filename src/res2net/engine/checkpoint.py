@@ -14,7 +14,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..files import atomic_write
-from ..weights import read_checkpoint as load_checkpoint  # the one checkpoint reader (weights_only / safetensors)
+from ..weights.io import read_checkpoint as load_checkpoint  # the one checkpoint reader (weights_only / safetensors)
 
 PathLike = Union[str, os.PathLike]
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import Res2NetError
 from ..hardware import limit_threads, select_device
-from ..weights import load_state_dict_strict
+from ..weights.load import load_state_dict_strict
 from .checkpoint import rng_state, save_atomic, set_rng_state
 from .config import OptimConfig, RunConfig, SchedConfig, current_key_names, to_dict
 from .distributed import (DistInfo, agree, all_reduce_mean, barrier, broadcast_buffers, broadcast_object, cleanup,

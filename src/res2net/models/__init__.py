@@ -2,10 +2,10 @@
 
 from .common import FeatureExtractor, FeatureInfo
 from .dla import DLA, DLAArch
-from .registry import (MODELS, ModelSpec, UnknownModelError, count_macs, count_params, create_model, get_spec,
-                       list_models, model_card, model_complexity, pretrained_cfg)
+from .registry import (MODELS, ModelSpec, UnknownModelError, build_model, count_macs, count_params, get_spec,
+                       list_models, model_card, model_complexity, model_name, pretrained_cfg)
 from .resnet import ResNet, ResNetArch
 
 __all__ = ["DLA", "DLAArch", "FeatureExtractor", "FeatureInfo", "MODELS", "ModelSpec", "ResNet", "ResNetArch",
-           "UnknownModelError", "count_macs", "count_params", "create_model", "get_spec", "list_models",
-           "model_card", "model_complexity", "pretrained_cfg"]
+           "UnknownModelError", "build_model", "count_macs", "count_params", "get_spec", "list_models",
+           "model_card", "model_complexity", "model_name", "pretrained_cfg"]

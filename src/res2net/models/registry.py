@@ -1,4 +1,5 @@
-"""The model zoo: every named model is one row of :data:`MODELS`; :func:`create_model` builds any of them."""
+"""The model zoo: every named model is one row of :data:`MODELS`; :func:`build_model` builds any of them (with fresh
+weights; :func:`res2net.create_model` builds and loads)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 OFFICIAL_URL = "https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/"
 OFFICIAL_LICENSE = "cc-by-nc-sa-4.0"  # the official weights (and timm's copies of them): non-commercial
+TIMM_PREFIX = "r2n_"  # timm's registry names of the zoo (res2net.timm_compat): timm owns some of ours
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 Arch = Union[ResNetArch, DLAArch]
@@ -268,7 +270,7 @@ def list_models(pattern: str = "*") -> List[str]:
             any(fnmatch.fnmatch(a, pattern) for a in s.aliases)]
 
 
-def create_model(
+def build_model(
     name: str,
     num_classes: Optional[int] = None,
     in_chans: int = 3,
@@ -284,7 +286,7 @@ def create_model(
     global_pool: str = "avg",
 ) -> nn.Module:
     """Build a named model with fresh weights (:func:`res2net.create_model` builds with this and loads
-    ``pretrained`` weights).
+    ``pretrained`` weights). The model knows its name: ``pretrained_cfg["architecture"]`` (:func:`model_name`).
 
     Args:
         name: a name of :func:`list_models` or an alias (timm's names are accepted where timm has the model).
@@ -298,12 +300,14 @@ def create_model(
         global_pool: ``"avg"`` (default), ``"max"`` or ``""`` (no pooling: the classifier then gives logits at
             every position, (N, classes, H, W)).
 
-    The model carries ``pretrained_cfg`` (= ``default_cfg``): the card's preprocessing in timm's format
-    (``input_size`` as ``(C, H, W)``, see :func:`pretrained_cfg`).
+    Returns:
+        The model (or its ``FeatureExtractor``), carrying ``pretrained_cfg`` (= ``default_cfg``): its name
+        (``architecture``) and the card's preprocessing in timm's format (``input_size`` as ``(C, H, W)``, see
+        :func:`pretrained_cfg`).
 
-    >>> create_model("res2net50_26w_4s", num_classes=10)(torch.randn(1, 3, 64, 64)).shape
+    >>> build_model("res2net50_26w_4s", num_classes=10)(torch.randn(1, 3, 64, 64)).shape
     torch.Size([1, 10])
-    >>> create_model("res2net50_26w_4s", features_only=True, out_indices=(2, 4)).feature_info.channels()
+    >>> build_model("res2net50_26w_4s", features_only=True, out_indices=(2, 4)).feature_info.channels()
     [512, 2048]
     """
     spec = get_spec(name)
@@ -322,6 +326,25 @@ def create_model(
     result.configure_backbone(frozen_stages=frozen_stages, norm_eval=norm_eval)  # type: ignore[operator]
     result.set_grad_checkpointing(grad_checkpointing)  # type: ignore[operator]
     return result
+
+
+def model_name(model: nn.Module) -> Optional[str]:
+    """The zoo name a model was built as, read from the model as timm does (``pretrained_cfg["architecture"]``;
+    a model made through timm's registry carries timm's ``r2n_`` name, which is mapped back).
+
+    Args:
+        model: a model of :func:`build_model` (or its ``FeatureExtractor``), or any module.
+
+    Returns:
+        The registry name, or None when the model does not say one the registry knows.
+    """
+    architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if not isinstance(architecture, str):
+        return None
+    for candidate in (architecture, architecture[len(TIMM_PREFIX):] if architecture.startswith(TIMM_PREFIX) else ""):
+        if candidate in _BY_NAME:
+            return _BY_NAME[candidate].name
+    return None
 
 
 def pretrained_cfg(name: str, in_chans: int = 3, num_classes: Optional[int] = None) -> Dict[str, Any]:
@@ -385,7 +408,7 @@ def model_complexity(name: str, input_size: Optional[int] = None) -> Tuple[int, 
     key = f"{spec.name}@{size}"
     if key not in _COMPLEXITY_CACHE:
         with torch.device("meta"):
-            model = create_model(spec.name)
+            model = build_model(spec.name)
         _COMPLEXITY_CACHE[key] = (count_params(model), count_macs(model, size))
     return _COMPLEXITY_CACHE[key]
 

@@ -19,7 +19,7 @@ from ..engine.distributed import barrier, dist_info_from_env
 from ..jsonio import write_json
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import get_spec
-from ..pretrained import create_model
+from ..weights import create_model
 from .dense_config import NORMS, DenseModelConfig
 
 
@@ -52,8 +52,7 @@ def build_backbone(cfg: DenseModelConfig, out_indices: Sequence[int], output_str
 
     if cfg.norm not in NORMS:
         raise ConfigError(f"model.norm must be one of {NORMS}, got {cfg.norm!r}")
-    pretrained: Any = True if cfg.pretrained == "official" else (cfg.pretrained or False)
-    model = create_model(cfg.name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices),
+    model = create_model(cfg.name, pretrained=cfg.pretrained, features_only=True, out_indices=tuple(out_indices),
                          output_stride=output_stride, norm_layer=FrozenBatchNorm2d if cfg.norm == "frozen" else None)
     n_stages = len(model.stage_modules())  # 4 for ResNet-style trunks, 5 for DLA (level1..level5)
     model.configure_backbone(frozen_stages=frozen_stages_for(cfg, n_stages))

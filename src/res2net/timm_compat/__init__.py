@@ -12,12 +12,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
-from ..models.registry import MODELS, get_spec, pretrained_cfg
-from ..pretrained import create_model
+from ..models.registry import MODELS, TIMM_PREFIX, get_spec, pretrained_cfg
+from ..weights import create_model
 from . import dla as dla_module
 from . import resnet as resnet_module
 
-TIMM_PREFIX = "r2n_"
 FEATURE_CLASSES = (None, "getter", "list")  # timm's wrappers that ours matches: a list of maps, in order
 
 
@@ -54,7 +53,8 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
             model = create_model(name, pretrained=pretrained, **kwargs)
         if dtype is not None:
             model.to(dtype=dtype)
-        cfg = timm_pretrained_cfg(name, in_chans=kwargs.get("in_chans", 3), num_classes=kwargs.get("num_classes"))
+        cfg = dict(model.pretrained_cfg)  # the card's, or the loaded weights' preprocessing and classes
+        cfg["architecture"] = timm_model_name(name)
         for overlay in (pretrained_cfg, pretrained_cfg_overlay):
             if overlay is not None and not isinstance(overlay, str):
                 cfg.update(overlay if isinstance(overlay, dict) else overlay.to_dict())

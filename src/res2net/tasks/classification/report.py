@@ -12,7 +12,7 @@ from torch import Tensor
 from ...engine import FitResult, to_dict
 from ...jsonio import write_json
 from ...errors import ConfigError
-from ...models import count_macs, count_params, create_model, get_spec
+from ...models import build_model, count_macs, count_params, get_spec
 from .config import ClassificationConfig
 from .data import ClassificationData
 
@@ -20,7 +20,7 @@ from .data import ClassificationData
 def model_summary(name: str, result: FitResult, data: ClassificationData, skipped: int) -> Dict[str, Any]:
     """The metrics.json entry of one trained model."""
     with torch.device("meta"):
-        meta_model = create_model(name, num_classes=len(data.classes), in_chans=data.in_chans)
+        meta_model = build_model(name, num_classes=len(data.classes), in_chans=data.in_chans)
     epoch_times = [h["epoch_seconds"] for h in result.history]
     return {
         "test_top1": result.metrics.get("top1", float("nan")), "test_top5": result.metrics.get("top5", float("nan")),

@@ -18,8 +18,7 @@ from ...engine import Context, build_loader, fit, init_distributed, load_config,
 from ...engine.runfolder import RunLock
 from ...errors import CheckpointError, ConfigError, DataError
 from ...models import get_spec
-from ...pretrained import PRETRAINED_DIR, fetch_first, save_pretrained
-from ...weights import describe_checkpoint, model_from_checkpoint
+from ...weights import PRETRAINED_DIR, describe_checkpoint, fetch_first, load_model, save_pretrained
 from .config import ClassificationConfig
 from .data import ClassificationData, load_data
 from .report import earlier_models, model_summary, write_report
@@ -30,7 +29,7 @@ from .task import ClassificationTask
 def train_one(name: str, cfg: ClassificationConfig, out: Path, resume: bool, quiet: bool,
               command: str = "res2net train") -> Tuple[Dict[str, Any], Optional[Tensor], ClassificationData]:
     """Fit one model (fine-tuning from ``model.pretrained`` when set) into ``out``; write its best weights as a
-    :func:`~res2net.pretrained.save_pretrained` folder (``out/pretrained``).
+    :func:`~res2net.weights.save_pretrained` folder (``out/pretrained``).
 
     Args:
         name: the model's name.
@@ -45,7 +44,7 @@ def train_one(name: str, cfg: ClassificationConfig, out: Path, resume: bool, qui
     """
     weights = None
     if cfg.model.pretrained:
-        weights = fetch_first(name, True if cfg.model.pretrained == "official" else cfg.model.pretrained)
+        weights = fetch_first(name, cfg.model.pretrained)
     data = load_data(cfg.data, name, cfg.run.seed, card=weights.preprocessing if weights else None)
     task = ClassificationTask(name, cfg, data, weights)
     if not quiet:
@@ -55,9 +54,8 @@ def train_one(name: str, cfg: ClassificationConfig, out: Path, resume: bool, qui
     result = fit(task, cfg, out, resume=resume)
     summary = model_summary(name, result, data, len(task.skipped))
     if task.dist.is_main and (out / "best.pt").is_file():
-        best = model_from_checkpoint(out / "best.pt", name)
-        save_pretrained(best.model, out / PRETRAINED_DIR, name, classes=data.classes,
-                        preprocessing=best.preprocessing, data=cfg.data.dataset, command=command,
+        best = load_model(out / "best.pt", name)  # the model's name, classes and preprocessing come with it
+        save_pretrained(best, out / PRETRAINED_DIR, classes=data.classes, data=cfg.data.dataset, command=command,
                         metrics={k: summary[k] for k in ("test_top1", "test_top5")})
     return summary, task.confusion, data
 
@@ -179,7 +177,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], name: Optional[str] = None
     cfg = load_config(ClassificationConfig, None, list(overrides), config_values)
     data = load_data(cfg.data, name, cfg.run.seed)
     task = ClassificationTask(name, cfg, data)
-    model = model_from_checkpoint(info, name).model
+    model = load_model(info, name)
     if (model.num_classes, model.in_chans) != (len(data.classes), data.in_chans):
         raise CheckpointError(f"{checkpoint} holds {name} for {model.num_classes} classes and {model.in_chans} "
                               f"input channel(s); {cfg.data.dataset} has {len(data.classes)} and {data.in_chans}")

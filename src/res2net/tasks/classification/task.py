@@ -14,8 +14,8 @@ from ...data import batch_collate, normalize, progressive_size, random_crop_flip
 from ...data.images import warn_bad_files
 from ...engine import Context, Task
 from ...errors import ConfigError
-from ...models import create_model
-from ...pretrained import FetchedWeights, load_for_finetuning
+from ...models import build_model
+from ...weights import FetchedWeights, load_for_finetuning
 from .config import ClassificationConfig
 from .data import ClassificationData
 
@@ -40,10 +40,10 @@ class ClassificationTask(Task):
 
     def build_model(self) -> nn.Module:
         """The model for the data's classes and channels; with pretrained weights, the backbone loaded from them
-        (:func:`res2net.pretrained.load_for_finetuning`), and the frozen stages of ``model.frozen_stages`` /
+        (:func:`res2net.weights.load_for_finetuning`), and the frozen stages of ``model.frozen_stages`` /
         ``model.linear_probe`` (their BatchNorm statistics frozen too)."""
         m = self.cfg.model
-        model = create_model(self.model_name, num_classes=len(self.data.classes), in_chans=self.data.in_chans,
+        model = build_model(self.model_name, num_classes=len(self.data.classes), in_chans=self.data.in_chans,
                              drop_path_rate=m.drop_path_rate, zero_init_last=m.zero_init_last)
         if self.weights is not None:
             for note in load_for_finetuning(model, self.model_name, self.weights, self.data.classes):

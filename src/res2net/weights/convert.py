@@ -2,7 +2,7 @@
 mmpretrain, detectron2), verified before anything is written.
 
 The source layout and, without ``--model``, the model are detected from the keys and shapes
-(:mod:`res2net.layouts`). The converted tensors are written to a temporary file next to DST, read back, loaded
+(:mod:`res2net.weights.layouts`). The converted tensors are written to a temporary file next to DST, read back, loaded
 strictly into the target's reference model (ours for ``official``; timm's and torchvision's own models where they
 are installed; the mmdet/mmpretrain/detectron2 key/shape sets derived from their source code otherwise), converted
 back and compared bit for bit with the source; only then does ``os.replace`` put the file at DST. DST is never
@@ -21,12 +21,13 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ..errors import CheckpointError
+from ..models import build_model, get_spec
+from ..models.registry import ModelSpec
 from . import layouts
-from .errors import CheckpointError
-from .files import atomic_write, check_destination
-from .models import create_model, get_spec
-from .models.registry import ModelSpec
-from .weights import read_checkpoint, unwrap_state_dict
+from ..files import atomic_write, check_destination
+from .io import read_checkpoint, unwrap_state_dict
+from .load import load_state_dict_strict
 
 FORMATS = ("pth", "safetensors", "pkl")
 FORMAT_SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors", "pkl": ".pkl"}
@@ -74,7 +75,7 @@ def _summarise(keys: List[str]) -> str:
 # ---- reading and writing --------------------------------------------------------------------------------------
 def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
     """The state dict of a ``.pth``/``.pt``/``.bin``, ``.safetensors`` or detectron2 ``.pkl`` file, read by the
-    package's one checkpoint reader (:func:`res2net.weights.read_checkpoint`) and unwrapped."""
+    package's one checkpoint reader (:func:`res2net.weights.io.read_checkpoint`) and unwrapped."""
     return unwrap_state_dict(read_checkpoint(path), str(path))
 
 
@@ -100,15 +101,9 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
 
 # ---- verification ---------------------------------------------------------------------------------------------
 def _strict(model: torch.nn.Module, state_dict: Dict[str, Tensor], what: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(f"the converted file does not load strictly into {what}: {len(missing)} missing "
-                              f"({', '.join(missing[:3])}), {len(unexpected)} unexpected "
-                              f"({', '.join(unexpected[:3])}), {len(mismatched)} shape mismatches")
-    model.load_state_dict(state_dict, strict=True)
+    """The converted file into ``what`` through the package's one strict loader (every key that does not fit
+    named)."""
+    load_state_dict_strict(model, state_dict, "the converted file", what=what)
 
 
 def _peer_model(layout: str, spec: ModelSpec, has_head: bool) -> Optional[Tuple[torch.nn.Module, str]]:
@@ -135,7 +130,7 @@ def verify_layout(state_dict: Dict[str, Tensor], model_name: str, layout: str) -
     spec = get_spec(model_name)
     has_head = any(k.startswith(("fc.", "head.fc.")) for k in state_dict)
     if layout == "official":
-        model = create_model(spec.name, num_classes=None if has_head else 0)
+        model = build_model(spec.name, num_classes=None if has_head else 0)
         if spec.family == "dla" and layouts.dropped_keys(spec.name, "timm")[0] not in state_dict:
             model = layouts._build_trunk(spec, num_classes=spec.num_classes if has_head else 0,
                                          keep_unused_project=False)
@@ -180,7 +175,7 @@ def convert_checkpoint(src: PathLike, dst: PathLike, to: str, model: Optional[st
         src: ``.pth``/``.pt``/``.bin``, ``.safetensors`` or detectron2 ``.pkl``; wrappers (``state_dict``,
             ``model``, ``module.``, a detector's ``backbone.``) are taken off.
         dst: the file to write; its folder must exist. Replaced only after verification passed.
-        to: one of :data:`res2net.layouts.LAYOUTS`.
+        to: one of :data:`res2net.weights.layouts.LAYOUTS`.
         model: the zoo name; inferred from the keys and shapes when None.
         fmt: ``pth``, ``safetensors`` or ``pkl`` (detectron2's numpy pickle); default from ``dst``'s suffix.
         source_layout: the source's layout; detected when None.

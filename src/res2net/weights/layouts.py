@@ -7,7 +7,7 @@ and a round trip ``official -> X -> official`` is bit-identical.
 ======================  ===========================================================================================
 layout                  keys (facts read from each project's source; see docs/MODELS.md)
 ======================  ===========================================================================================
-``official``            Res2Net-PretrainedModels checkpoints = ``res2net.create_model(name).state_dict()``
+``official``            Res2Net-PretrainedModels checkpoints = ``res2net.models.build_model(name).state_dict()``
 ``timm``                timm 1.0's models: official keys for Res2Net/Res2NeXt/v1b; ``conv2``/``bn2`` for the
                         scale-1 baselines; DLA without the 18 ``project`` keys its forward never uses
 ``torchvision``         torchvision's resnet50/101/152 and resnext50_32x4d (``conv2``/``bn2``); no Res2Net
@@ -35,9 +35,9 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import torch
 from torch import Tensor
 
-from .errors import CheckpointError
-from .models import DLA, create_model, get_spec, list_models
-from .models.registry import DEPTHS, ModelSpec
+from ..errors import CheckpointError
+from ..models import DLA, build_model, get_spec, list_models
+from ..models.registry import DEPTHS, ModelSpec
 
 LAYOUTS: Tuple[str, ...] = ("official", "timm", "torchvision", "mmdet", "mmpretrain", "detectron2")
 
@@ -234,7 +234,7 @@ def official_shapes(model_name: str) -> Dict[str, Tuple[int, ...]]:
         if spec.family == "dla":  # the official files hold the unused project shortcuts: keep them here
             model = _build_trunk(spec, num_classes=spec.num_classes, keep_unused_project=True)
         else:
-            model = create_model(spec.name)
+            model = build_model(spec.name)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 

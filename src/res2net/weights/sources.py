@@ -1,10 +1,11 @@
 """Where pretrained weights come from: the official host (hash-checked), the Hugging Face Hub copies that timm
 publishes of the same weights, any ``hf-hub:`` repository, a URL, a file, or a folder written by
-:func:`save_pretrained`; and :func:`create_model`, the public model factory that loads them.
+:func:`res2net.weights.save_pretrained`; what is cached, and filling the caches ahead of time.
 
-``pretrained=True`` tries the model's sources in order (official URL, then ``timm/<name>.in1k``) and names
-every failure in the final error. Weights in another framework's key layout (timm, torchvision, mmdetection,
-mmpretrain, detectron2) are renamed to ours (:mod:`res2net.layouts`) before the strict load.
+Every way of naming weights is parsed here: :func:`parse_pretrained` (``True``/``"official"`` = the model's
+published weights, the one place that reads ``"official"``) and :func:`parse_source` (a path, URL or ``hf-hub:``
+id). ``pretrained=True`` tries the model's sources in order (official URL, then ``timm/<name>.in1k``) and names
+every failure in the final error.
 
 Caches: the official files live in torch.hub's cache (``$TORCH_HOME/hub/checkpoints``), the Hub files in
 huggingface_hub's (``$HF_HOME``; ``HF_HUB_OFFLINE=1`` reads it without a network). ``RES2NET_CACHE`` (or
@@ -21,17 +22,15 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .data.preprocessing import Preprocessing
-from .errors import CheckpointError, Res2NetError
-from .files import atomic_write
-from .models import registry
-from .weights import (HASH_IN_NAME, card_preprocessing, describe_checkpoint, load_state_dict_strict, read_checkpoint,
-                      sha256_of, state_dict_shape, to_our_layout, unwrap_state_dict)
+from ..data.preprocessing import Preprocessing
+from ..errors import CheckpointError, Res2NetError
+from ..models import registry
+from .io import HASH_IN_NAME, CheckpointInfo, describe_checkpoint, read_checkpoint, sha256_of, unwrap_state_dict
 
 OFFICIAL_LICENSE = "CC BY-NC-SA 4.0"
 OFFICIAL_LICENSE_NOTE = ("the official Res2Net weights are licensed CC BY-NC-SA 4.0 (non-commercial use only; "
@@ -69,6 +68,12 @@ class FetchedWeights:
     model_name: Optional[str] = None
     classes: Optional[List[str]] = None
     preprocessing: Optional[Preprocessing] = None
+    info: Optional[CheckpointInfo] = None  # a checkpoint file's own description (ours: meta and config)
+
+    @property
+    def is_training_checkpoint(self) -> bool:
+        """A checkpoint of ``res2net train`` (it carries its config): trained for its classes."""
+        return self.info is not None and self.info.is_ours
 
 
 # ---- sources and caches -----------------------------------------------------------------------------------
@@ -107,8 +112,8 @@ def known_sources(name: str) -> List[Source]:
 
 
 def parse_source(text: Union[str, Path]) -> Source:
-    """``hf-hub:ORG/REPO[@REVISION]``, an ``https://``/``file://`` URL, a folder (of :func:`save_pretrained`) or
-    a weights file (.pth/.pt/.bin/.safetensors)."""
+    """``hf-hub:ORG/REPO[@REVISION]``, an ``https://``/``file://`` URL, a folder (of
+    :func:`~res2net.weights.save_pretrained`, or a run folder) or a weights file (.pth/.pt/.bin/.safetensors)."""
     text = str(text)
     if text.startswith("hf-hub:"):
         repo, _, revision = text[len("hf-hub:"):].partition("@")
@@ -221,15 +226,55 @@ def fetch_weights(source: Source, cache_dir: Optional[Union[str, Path]] = None) 
     if match and not sha256_of(path).startswith(match.group(1)):
         raise CheckpointError(f"SHA-256 does not start with {match.group(1)} as its name says; refused (the file "
                               "may be corrupt or not what its name claims)")
-    info = describe_checkpoint(path)
+    return fetched_from_checkpoint(describe_checkpoint(path), source)
+
+
+def fetched_from_checkpoint(info: CheckpointInfo, source: Optional[Source] = None) -> FetchedWeights:
+    """A checkpoint already read (:func:`~res2net.weights.io.describe_checkpoint`) as fetched weights.
+
+    Args:
+        info: the checkpoint's description.
+        source: where it came from (default: a file at ``info.source``).
+
+    Returns:
+        Its state dict with the model name, classes and preprocessing our checkpoints record.
+    """
     prep = Preprocessing.from_dict(info.meta["preprocessing"]) if "preprocessing" in info.meta else None
-    return FetchedWeights(source, info.state_dict, info.model_name, info.classes, prep)
+    return FetchedWeights(source or Source("file", info.source), info.state_dict, info.model_name, info.classes,
+                          prep, info)
+
+
+def parse_pretrained(pretrained: Union[Pretrained, None]) -> Pretrained:
+    """The one reading of a ``pretrained`` value: ``True`` or ``"official"`` = the model's published weights
+    (:func:`known_sources`), ``False``/``None``/``""`` = none, anything else a source for :func:`parse_source`.
+
+    Args:
+        pretrained: a bool, ``"official"``, a path, a URL or ``hf-hub:ORG/REPO[@REVISION]`` (e.g. a config value).
+
+    Returns:
+        ``True``, ``False`` or the source as given.
+    """
+    if pretrained is None or pretrained is False or (isinstance(pretrained, str) and not pretrained):
+        return False
+    if pretrained is True or (isinstance(pretrained, str) and pretrained == "official"):
+        return True
+    return pretrained
 
 
 def fetch_first(name: str, pretrained: Pretrained, cache_dir: Optional[Union[str, Path]] = None
                 ) -> FetchedWeights:
-    """The weights of ``pretrained`` for ``name``: ``True`` tries :func:`known_sources` in order, saying on
-    stderr which one failed and why; all failing -> one CheckpointError listing each."""
+    """The weights of ``pretrained`` for ``name``: ``True`` (or ``"official"``) tries :func:`known_sources` in
+    order, saying on stderr which one failed and why; all failing -> one CheckpointError listing each.
+
+    Args:
+        name: the zoo model.
+        pretrained: as :func:`parse_pretrained` reads it.
+        cache_dir: moves both caches (see the module docstring).
+
+    Returns:
+        The weights of the first source that works.
+    """
+    pretrained = parse_pretrained(pretrained)
     if pretrained is True:
         sources = known_sources(name)
         if not sources:
@@ -249,170 +294,6 @@ def fetch_first(name: str, pretrained: Pretrained, cache_dir: Optional[Union[str
             if i + 1 < len(sources):
                 print(f"warning: weights for {name}: {source}: {exc}; trying the next source", file=sys.stderr)
     raise CheckpointError(f"no weights for {name}: " + " | ".join(failures))
-
-
-# ---- loading into a model -----------------------------------------------------------------------------------
-def load_weights(model: nn.Module, name: str, fetched: FetchedWeights) -> nn.Module:
-    """Load fetched weights strictly into ``model`` (any layout); a classifier of another size keeps its
-    initialisation (with a warning). Attaches ``model.class_names`` and ``model.preprocessing`` when the
-    source says them."""
-    state_dict = to_our_layout(fetched.state_dict, name, model)
-    load_state_dict_strict(model, state_dict, str(fetched.source), allow_new_classifier=True)
-    if fetched.classes and len(fetched.classes) == getattr(model, "num_classes", None):
-        model.class_names = list(fetched.classes)  # type: ignore[assignment]
-    if fetched.preprocessing is not None:
-        model.preprocessing = fetched.preprocessing  # type: ignore[assignment]
-    return model
-
-
-def adapt_input_channels(weight: Tensor, in_chans: int) -> Tensor:
-    """A first-convolution weight ``(O, C, k, k)`` for ``in_chans`` input channels, timm's convention: to 1
-    channel, the sum over the input channels (a grey image seen as equal R, G and B); to more, the channels
-    repeated and scaled by ``C / in_chans`` so the response to a grey image keeps its scale."""
-    have = weight.shape[1]
-    if in_chans == have:
-        return weight
-    if in_chans == 1:
-        return weight.sum(1, keepdim=True)
-    repeats = -(-in_chans // have)
-    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (have / in_chans)
-
-
-def load_for_finetuning(model: nn.Module, name: str, fetched: FetchedWeights,
-                        classes: Optional[Sequence[str]] = None) -> List[str]:
-    """Load a pretrained backbone into ``model`` (built for the new data's classes and input channels): every
-    backbone key strictly (another architecture's file fails naming its missing/unexpected keys), the first
-    convolution adapted when the input channels differ, and the classifier kept only when it is the same
-    classifier (same size and, where both are known, the same class names). Returns the notes said on stderr
-    (what was adapted and which keys were re-initialised)."""
-    state = to_our_layout(fetched.state_dict, name, model)
-    own = model.state_dict()
-    notes = []
-    with torch.device("meta"):
-        first = next(f"{n}.weight" for n, m in registry.create_model(name).named_modules()
-                     if isinstance(m, nn.Conv2d))
-    if first in state and first in own and state[first].shape[1] != own[first].shape[1]:
-        have, want = state[first].shape[1], own[first].shape[1]
-        state[first] = adapt_input_channels(state[first], want)
-        notes.append(f"{first} adapted from {have} to {want} input channel(s) "
-                     f"({'sum over the channels' if want == 1 else 'channels repeated and rescaled'}, timm's "
-                     "convention)")
-    head = [k for k in state if k.startswith("fc.")]
-    same_size = all(k in own and own[k].shape == state[k].shape for k in head)
-    same_names = not (fetched.classes and classes) or list(fetched.classes) == list(classes)
-    if head and not (same_size and same_names):
-        for k in head:
-            del state[k]
-        for k in own:
-            if k.startswith("fc."):
-                state[k] = own[k]
-        was = f"{state_dict_shape(fetched.state_dict, name)[1]} classes" if not fetched.classes else \
-            f"classes {', '.join(fetched.classes[:5])}{' ...' if len(fetched.classes) > 5 else ''}"
-        now = f"{len(classes)} classes" if classes else "the new head"
-        notes.append(f"classifier re-initialised (fc.weight, fc.bias): the weights have {was}, the data {now}; "
-                     "every other key is loaded")
-    elif head:
-        notes.append("classifier kept: the weights' classes are the data's")
-    load_state_dict_strict(model, state, str(fetched.source))
-    return notes
-
-
-def create_model(name: str, pretrained: Pretrained = False, *, cache_dir: Optional[Union[str, Path]] = None,
-                 **kwargs: Any) -> nn.Module:
-    """Build a zoo model (the arguments of :func:`res2net.models.create_model`) and, with ``pretrained``, load its
-    weights: ``True`` = the official checkpoint (hash-checked), then timm's Hub copy; ``"hf-hub:ORG/REPO[@REV]"``;
-    a URL; a ``.pth``/``.bin``/``.safetensors`` file; or a folder of :func:`save_pretrained`. Loading is strict.
-    Unless given, ``num_classes`` and ``in_chans`` follow the weights (a fine-tuned folder comes back with its
-    own head and classes).
-
-    >>> create_model("res2net50_26w_4s", num_classes=10)(torch.randn(1, 3, 64, 64)).shape
-    torch.Size([1, 10])
-    """
-    if not pretrained:
-        return registry.create_model(name, **kwargs)
-    return _build(name, fetch_first(name, pretrained, cache_dir), kwargs)
-
-
-def load_model(source: Union[str, Path], name: Optional[str] = None, *,
-               cache_dir: Optional[Union[str, Path]] = None, **kwargs: Any) -> nn.Module:
-    """A model from weights that say which model they hold (our checkpoints, run and save_pretrained folders,
-    their Hub copies): ``name`` may be left out. Otherwise as :func:`create_model`."""
-    if name is None:
-        fetched = fetch_weights(parse_source(source), cache_dir)
-        if not fetched.model_name:
-            raise CheckpointError(f"{source} does not say which model it holds; give the model name (--model NAME)")
-        return _build(fetched.model_name, fetched, kwargs)
-    return create_model(name, pretrained=source, cache_dir=cache_dir, **kwargs)
-
-
-def _build(name: str, fetched: FetchedWeights, kwargs: Dict[str, Any]) -> nn.Module:
-    if fetched.model_name and registry.get_spec(fetched.model_name).name != registry.get_spec(name).name:
-        raise CheckpointError(f"{fetched.source} holds {fetched.model_name}, not {name}")
-    in_chans, classes = state_dict_shape(to_our_layout(fetched.state_dict, name), name)
-    kwargs.setdefault("in_chans", in_chans)
-    if classes and kwargs.get("num_classes") is None:
-        kwargs["num_classes"] = classes
-    return load_weights(registry.create_model(name, **kwargs), name, fetched)
-
-
-# ---- sharing a model ----------------------------------------------------------------------------------------
-def model_card_text(name: str, classes: Optional[Sequence[str]], preprocessing: Preprocessing,
-                    metrics: Optional[Mapping[str, Any]], command: Optional[str], license: str,
-                    data: Optional[str]) -> str:
-    """The README.md of a :func:`save_pretrained` folder."""
-    spec = registry.get_spec(name)
-    lines = ["---", f"license: {license.lower().replace(' ', '-')}", "library_name: res2net", "tags:",
-             "- image-classification", "- res2net", "---", "", f"# {name}", "",
-             f"{spec.description}: a Res2Net model (Gao et al., \"Res2Net: A New Multi-scale Backbone "
-             "Architecture\", TPAMI 2021) from the `res2net` package.", "",
-             f"- Data: {data or 'not recorded'}",
-             f"- Classes ({len(classes) if classes else 'unknown'}): "
-             + (", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "") if classes else "not recorded"),
-             f"- Input: {preprocessing.input_size} px, mean {list(preprocessing.mean)}, std "
-             f"{list(preprocessing.std)}, crop {preprocessing.crop_pct}, {preprocessing.interpolation}"]
-    if metrics:
-        lines.append("- Metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                               for k, v in metrics.items()))
-    if command:
-        lines.append(f"- Made with: `{command}`")
-    lines += [f"- Licence: {license}", "", "## Use", "", "```python", "import res2net",
-              f'model = res2net.create_model("{name}", pretrained="PATH/OR/hf-hub:ORG/REPO")', "```", ""]
-    return "\n".join(lines)
-
-
-def save_pretrained(model: nn.Module, folder: Union[str, Path], name: str, *,
-                    classes: Optional[Sequence[str]] = None, preprocessing: Optional[Preprocessing] = None,
-                    metrics: Optional[Mapping[str, Any]] = None, command: Optional[str] = None,
-                    data: Optional[str] = None, license: Optional[str] = None) -> Path:
-    """Write a Hugging Face-style folder: ``config.json`` (model name, architecture, classes, preprocessing),
-    ``model.safetensors`` and ``README.md`` (a model card). :func:`create_model` with ``pretrained=folder`` (or
-    the folder uploaded as ``hf-hub:ORG/REPO``) loads it back with its head, classes and preprocessing. The
-    folder is written next to its final place and renamed into it, so it is never half-written."""
-    from safetensors.torch import save_file
-
-    spec = registry.get_spec(name)
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder} exists and is not a folder")
-    prep = preprocessing or getattr(model, "preprocessing", None) or card_preprocessing(spec.name)
-    classes = list(classes) if classes is not None else getattr(model, "class_names", None)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    in_chans, num_classes = state_dict_shape(state, spec.name)
-    licence = license or (OFFICIAL_LICENSE if spec.weights_file else "see the training data's licence")
-    config = {
-        "architecture": spec.name, "num_classes": num_classes, "num_features": getattr(model, "num_features", None),
-        "pretrained_cfg": {"input_size": [in_chans, prep.input_size, prep.input_size], "mean": list(prep.mean),
-                           "std": list(prep.std), "crop_pct": prep.crop_pct, "interpolation": prep.interpolation,
-                           "num_classes": num_classes, "license": licence},
-        FORMAT_TAG: {"model": spec.name, "arch": registry.model_card(spec.name, with_complexity=False)["arch"],
-                     "classes": classes, "in_chans": in_chans, "preprocessing": prep.to_dict(),
-                     "metrics": dict(metrics or {}), "command": command, "data": data},
-    }
-    with atomic_write(folder, directory=True) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "model": spec.name})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str, allow_nan=False) + "\n")
-        (tmp / "README.md").write_text(model_card_text(spec.name, classes, prep, metrics, command, licence, data))
-    return folder
 
 
 # ---- what is cached -----------------------------------------------------------------------------------------
