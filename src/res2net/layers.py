@@ -78,6 +78,20 @@ class Res2NetBlock(nn.Module):
 
     ``forward(x, shortcut)`` takes an optional precomputed shortcut (used by the DLA trunk).
 
+    Args:
+        in_channels: input channels.
+        planes: bottleneck planes; the block outputs ``planes * expansion`` channels.
+        width: channels of one split (``scale`` splits of ``width`` channels after the first 1x1 conv).
+        scale: the number of splits s (the paper's scale dimension); 1 is the plain bottleneck.
+        cardinality: groups of each 3x3 conv (ResNeXt; it must divide ``width``).
+        expansion: output channels per plane.
+        stride, dilation: of the 3x3 convs.
+        stage_block: the first block of a stage (official behaviour, above).
+        downsample: the shortcut's module (None: identity).
+        se_reduction: squeeze-excitation ratio (0: none).
+        norm_layer: the normalisation (default BatchNorm2d).
+        drop_path: stochastic-depth probability of the residual branch.
+
     >>> block = Res2NetBlock(64, 64, width=26, scale=4, stage_block=True)
     >>> block(torch.randn(1, 64, 8, 8)).shape
     torch.Size([1, 256, 8, 8])

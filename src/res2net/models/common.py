@@ -365,6 +365,13 @@ class UnusedWeights(nn.Module):
 
 def count_params(model: nn.Module) -> int:
     """Parameters as the official figures count them: every parameter (trainable or not) plus the official
-    DLA checkpoints' never-used ``project`` weights (kept as :class:`UnusedWeights` buffers)."""
+    DLA checkpoints' never-used ``project`` weights (kept as :class:`UnusedWeights` buffers).
+
+    Args:
+        model: the model.
+
+    Returns:
+        The parameter count.
+    """
     return (sum(p.numel() for p in model.parameters())
             + sum(m.official_param_count() for m in model.modules() if isinstance(m, UnusedWeights)))

@@ -256,7 +256,15 @@ class UnknownModelError(KeyError, ValueError):
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The registry row of ``name`` (or of an alias)."""
+    """The registry row of ``name`` (or of an alias).
+
+    Args:
+        name: a model name of :func:`list_models`, or an alias.
+
+    Returns:
+        Its :class:`ModelSpec`; an unknown name raises :class:`~res2net.errors.UnknownModelError` with the
+        closest names.
+    """
     if name in _BY_NAME:
         return _BY_NAME[name]
     close = difflib.get_close_matches(name, list(_BY_NAME), n=5, cutoff=0.5)
@@ -265,7 +273,14 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def list_models(pattern: str = "*") -> List[str]:
-    """Names (not aliases) of the registered models matching a shell-style pattern, in registry order."""
+    """Names (not aliases) of the registered models matching a shell-style pattern, in registry order.
+
+    Args:
+        pattern: a shell-style pattern (``"res2net50*"``), matched against names and aliases.
+
+    Returns:
+        The matching names.
+    """
     return [s.name for s in MODELS if fnmatch.fnmatch(s.name, pattern) or
             any(fnmatch.fnmatch(a, pattern) for a in s.aliases)]
 
@@ -385,7 +400,16 @@ def pretrained_cfg(name: str, in_chans: int = 3, num_classes: Optional[int] = No
 
 def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
     """Multiply-accumulates of one forward at ``input_size``: torch's FlopCounterMode total / 2 (the paper's
-    convention). Runs on the meta device when the model is there, so it is instant for any size."""
+    convention). Runs on the meta device when the model is there, so it is instant for any size.
+
+    Args:
+        model: the model (its training/eval mode is restored afterwards).
+        input_size: the side of the square input.
+        in_chans: the input's channels.
+
+    Returns:
+        The MAC count of one image.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(model.parameters()).device
@@ -414,7 +438,15 @@ def model_complexity(name: str, input_size: Optional[int] = None) -> Tuple[int, 
 
 
 def model_card(name: str, with_complexity: bool = True) -> Dict[str, Any]:
-    """Everything known about a model: architecture, paper errors, params/MACs, preprocessing, weights."""
+    """Everything known about a model: architecture, paper errors, params/MACs, preprocessing, weights.
+
+    Args:
+        name: a model name or alias.
+        with_complexity: also count parameters and MACs (built on the meta device: instant).
+
+    Returns:
+        The card as a plain dict (``res2net info NAME`` prints it).
+    """
     spec = get_spec(name)
     card = asdict(spec)
     card.update(family=spec.family, url=spec.url, sha256_prefix=spec.sha256_prefix, hf_hub_id=spec.hf_hub_id)

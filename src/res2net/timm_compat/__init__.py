@@ -73,6 +73,12 @@ def register_timm_models(names: Optional[Iterable[str]] = None) -> Dict[str, str
     ``pretrained_cfg`` from its card (size, mean/std, crop, interpolation, first conv, classifier, pool size,
     weights' url / hf_hub_id / licence). Calling it again is harmless.
 
+    Args:
+        names: zoo names or aliases to register (default: every model).
+
+    Returns:
+        ``{our name: timm name}`` (the timm names carry the prefix ``r2n_``).
+
     >>> import timm
     >>> names = register_timm_models(["res2net17_slim"])
     >>> m = timm.create_model(names["res2net17_slim"])
