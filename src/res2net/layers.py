@@ -93,7 +93,7 @@ class Res2NetBlock(nn.Module):
         drop_path: stochastic-depth probability of the residual branch.
 
     >>> block = Res2NetBlock(256, 64, width=26, scale=4)  # 256 in, 256 out: the identity shortcut
-    >>> block(torch.randn(1, 64, 8, 8)).shape
+    >>> block(torch.randn(1, 256, 8, 8)).shape
     torch.Size([1, 256, 8, 8])
     """
 
