@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .data import normalize
 from .data.preprocessing import Preprocessing
-from .data.samples import IMAGE_EXTS, load_image, resize_center
+from .data.photos import IMAGE_EXTS, load_image, resize_center
 from .errors import DataError, Res2NetError
 from .files import live_run
 from .hardware import default_dtype, select_device

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..data.samples import load_image, resize_center, sample_images
+from ..data.photos import load_image, resize_center, sample_images
 from ..jsonio import write_json
 from ..reporting import md_table, out_dir, pyplot, save_image_grid
 from .common import trained_model

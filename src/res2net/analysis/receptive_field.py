@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..data.samples import sample_images
+from ..data.photos import sample_images
 from ..jsonio import write_json
 from ..layers import Res2NetBlock
 from ..models import ResNet, build_model, get_spec
@@ -135,7 +135,7 @@ def erf_extent(erf: Tensor, mass: float = 0.9) -> int:
 def erf_inputs(images: Sequence[Tensor], size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]
                ) -> Tensor:
     """Resized, normalised batch of images (each (3, H, W) in [0, 1]) for ERF measurement."""
-    from ..data.samples import resize_center
+    from ..data.photos import resize_center
 
     x = torch.stack([resize_center(img, size, in_chans) for img in images])
     m = torch.tensor(mean if len(mean) == in_chans else [sum(mean) / len(mean)] * in_chans).view(1, -1, 1, 1)

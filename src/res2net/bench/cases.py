@@ -221,7 +221,7 @@ def inference_cases(cfg: BenchConfig, rows: _Rows) -> None:
 def calibration_photos(size: int, batch: int = 8) -> List[torch.Tensor]:
     """A batch of real photos (scikit-image's samples, resized, ImageNet-normalised) to calibrate int8 rows."""
     from ..data import normalize
-    from ..data.samples import resize_center, sample_images
+    from ..data.photos import resize_center, sample_images
 
     photos = torch.stack([resize_center(img, size) for _, img in sample_images()])
     photos = photos.repeat((batch + len(photos) - 1) // len(photos), 1, 1, 1)[:batch]

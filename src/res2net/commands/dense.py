@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..data.dense import load_rgb
-from ..data.samples import list_images
+from ..data.photos import list_images
 from ..engine import Trainer, load_config
 from ..jsonio import dumps_strict
 from ..errors import ConfigError

@@ -48,7 +48,7 @@ def calibration_batches(source: Union[str, Path], size: int, mean: Sequence[floa
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
         from . import open_image
-        from .samples import resize_center
+        from .photos import resize_center
 
         folder = Path(source)
         if not folder.is_dir():

@@ -11,7 +11,7 @@ from .resume import seed_everything
 from .sampler import ResumableBatchSampler, build_loader
 from .runfolder import RunLock
 from .signals import Preempted, TrainingDiverged
-from .task import Context, FitResult, Task
+from .contract import Context, FitResult, Task
 from .trainer import Trainer, fit
 
 __all__ = [

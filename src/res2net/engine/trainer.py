@@ -1,4 +1,4 @@
-"""The task-agnostic training loop: :class:`Trainer` runs one :class:`~res2net.engine.task.Task` with one config
+"""The task-agnostic training loop: :class:`Trainer` runs one :class:`~res2net.engine.contract.Task` with one config
 into one output folder (docs/TRAINING.md, "The engine")."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .resume import (RESUME_ONLY_KEYS, EpochProgress, RunState, check_compatible
 from .runfolder import RunLock
 from .sampler import ResumableBatchSampler, build_loader
 from .signals import EvaluationInterrupted, Preempted, StopSignals, TrainingDiverged, stoppable
-from .task import Context, FitResult, Task
+from .contract import Context, FitResult, Task
 
 
 class Trainer:

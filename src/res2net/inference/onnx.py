@@ -36,7 +36,7 @@ def real_input(size: int, mean: Optional[Sequence[float]] = None, std: Optional[
     """scikit-image's astronaut photo, resized and centre-cropped to ``size`` x ``size`` (grey when ``in_chans``
     is 1) and normalized (default: ImageNet statistics): a (1, in_chans, size, size) batch."""
     from ..data import normalize
-    from ..data.samples import resize_center, sample_images
+    from ..data.photos import resize_center, sample_images
     from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 
     img = resize_center(sample_images(["astronaut"], extra="export")[0][1], size, in_chans)

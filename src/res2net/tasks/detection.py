@@ -28,7 +28,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from ..data.dense import CocoDetection, VocDetection, collate_detection, detection_transforms
 from ..errors import ConfigError, DataError
 from ..models import get_spec
-from ..data.samples import save_png, to_uint8
+from ..data.photos import save_png, to_uint8
 from .dense_config import DenseModelConfig, dense_config
 from .dense_task import DenseTask, build_backbone, check_classes
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data.dense import MaskFolder, dense_transforms, saliency_pairs
-from ..data.samples import save_png, to_uint8
+from ..data.photos import save_png, to_uint8
 from ..layers import conv_bn_relu
 from .dense_config import DenseModelConfig, dense_config
 from .dense_task import DenseTask, Normalize, build_backbone

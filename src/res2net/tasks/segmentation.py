@@ -22,7 +22,7 @@ from ..data.dense import (IGNORE_INDEX, VOC_CLASSES, MaskFolder, dense_transform
 from ..data.scenes import voc_palette
 from ..layers import conv_bn_relu
 from ..errors import ConfigError
-from ..data.samples import save_png, to_uint8
+from ..data.photos import save_png, to_uint8
 from .dense_config import DenseModelConfig, dense_config
 from .dense_task import DenseTask, Normalize, build_backbone, check_classes
 

@@ -18,7 +18,7 @@ from .config import DATASETS, DEFAULT_RECIPE, ClassificationConfig, DataSection,
 from .data import ClassificationData, load_data
 from .report import earlier_models, model_summary, write_report
 from .run import evaluate_checkpoint, train_models
-from .task import ClassificationTask
+from .classifier import ClassificationTask
 
 __all__ = ["DATASETS", "DEFAULT_RECIPE", "ClassificationConfig", "ClassificationData", "ClassificationTask",
            "DataSection", "ModelSection", "earlier_models", "evaluate_checkpoint", "load_data", "model_summary",

@@ -23,7 +23,7 @@ from .config import ClassificationConfig
 from .data import ClassificationData, load_data
 from .report import earlier_models, model_summary, write_report
 from .seeds import seed_statistics, seeds_plot
-from .task import ClassificationTask
+from .classifier import ClassificationTask
 
 
 def train_one(name: str, cfg: ClassificationConfig, out: Path, resume: bool, quiet: bool,
