@@ -20,6 +20,7 @@ import torch
 from res2net.cli import main
 from res2net.data import fashion_mnist as fm
 from res2net.models import get_spec
+from res2net.tasks.classification.seeds import seed_statistics, t_critical
 
 HAVE_FMNIST = all((fm.DEFAULT_DIR / n).is_file() for n in fm.GZ_MD5)
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
@@ -179,3 +180,19 @@ def test_progressive_resizing_trains_at_the_scheduled_size() -> None:
         assert images.is_contiguous(memory_format=torch.channels_last) and labels.shape == (8,)
         sizes.append(images.shape[-1])
     assert sizes == [16, 28, 28, 28]  # 3 epochs over 2 scales: 16, 28, 28 px; evaluation always at 28 px
+
+
+def test_seed_statistics_hand_checked() -> None:
+    """Three seeds: differences 0.01, 0.02, 0.01 -> mean 0.013333, sd 0.0057735, t(2) = 4.303, half-width
+    4.303 * 0.0057735 / sqrt(3) = 0.014343: the interval [-0.00101, 0.02768] includes zero."""
+    stats = seed_statistics({"a": [0.90, 0.92, 0.91], "b": [0.89, 0.90, 0.90]}, [("a", "b")])
+    assert stats["models"]["a"]["mean"] == pytest.approx(0.91)
+    assert stats["models"]["a"]["std"] == pytest.approx(0.01)
+    pair = stats["pairs"][0]
+    assert pair["mean_diff"] == pytest.approx(0.0133333, abs=1e-6)
+    assert pair["std_diff"] == pytest.approx(0.0057735, abs=1e-6)
+    assert pair["ci95"] == pytest.approx([-0.0010101, 0.0276768], abs=1e-5)
+    assert not pair["excludes_zero"]
+    wide = seed_statistics({"a": [0.93, 0.94, 0.95, 0.93, 0.94], "b": [0.90, 0.90, 0.91, 0.90, 0.91]}, [("a", "b")])
+    assert wide["pairs"][0]["excludes_zero"]
+    assert t_critical(1) == 12.706 and t_critical(4) == 2.776 and t_critical(100) == 1.96

@@ -1,11 +1,9 @@
-"""Weight sources, sharing a model (save_pretrained), fine-tuning from each kind of source and
-prediction, all offline: the Hugging Face cache is laid out on disk by the tests with files they
-write, read with ``HF_HUB_OFFLINE=1``."""
+"""Weight sources, sharing a model (save_pretrained) and fine-tuning from each kind of source, all offline: the
+Hugging Face cache is laid out on disk by the tests with files they write, read with ``HF_HUB_OFFLINE=1``."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -15,14 +13,12 @@ from typing import Dict
 
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 import res2net
 from res2net.cli import main
 from res2net.data import fashion_mnist as fm
 from res2net.errors import CheckpointError
-from res2net.tasks.classification.seeds import seed_statistics, t_critical
 from res2net.weights import adapt_input_channels, save_pretrained
 
 HAVE_FMNIST = all((fm.DEFAULT_DIR / n).is_file() for n in fm.GZ_MD5)
@@ -196,22 +192,6 @@ def test_adapt_input_channels_follows_timms_convention() -> None:
                                nn.functional.conv2d(grey, w1))
 
 
-def test_seed_statistics_hand_checked() -> None:
-    """Three seeds: differences 0.01, 0.02, 0.01 -> mean 0.013333, sd 0.0057735, t(2) = 4.303, half-width
-    4.303 * 0.0057735 / sqrt(3) = 0.014343: the interval [-0.00101, 0.02768] includes zero."""
-    stats = seed_statistics({"a": [0.90, 0.92, 0.91], "b": [0.89, 0.90, 0.90]}, [("a", "b")])
-    assert stats["models"]["a"]["mean"] == pytest.approx(0.91)
-    assert stats["models"]["a"]["std"] == pytest.approx(0.01)
-    pair = stats["pairs"][0]
-    assert pair["mean_diff"] == pytest.approx(0.0133333, abs=1e-6)
-    assert pair["std_diff"] == pytest.approx(0.0057735, abs=1e-6)
-    assert pair["ci95"] == pytest.approx([-0.0010101, 0.0276768], abs=1e-5)
-    assert not pair["excludes_zero"]
-    wide = seed_statistics({"a": [0.93, 0.94, 0.95, 0.93, 0.94], "b": [0.90, 0.90, 0.91, 0.90, 0.91]}, [("a", "b")])
-    assert wide["pairs"][0]["excludes_zero"]
-    assert t_critical(1) == 12.706 and t_critical(4) == 2.776 and t_critical(100) == 1.96
-
-
 # ---- fine-tuning and prediction through the CLI ---------------------------------------------------------
 FT = ["--model", MODEL, "--set", "data.classes=[5,6,7,8,9]", "--set", "data.train_per_class=8",
       "--set", "data.test_subset=40", "--batch-size", "8", "--epochs", "1", "--quiet", "--workers", "0",
@@ -271,33 +251,6 @@ def test_finetune_from_hf_cache_offline(tmp_path: Path) -> None:
     assert torch.equal(got["layer2.0.conv3.weight"], source.state_dict()["layer2.0.conv3.weight"])
 
 
-def test_predict_folder_with_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    model = randomize_norms(res2net.create_model(MODEL, num_classes=3))
-    folder = save_pretrained(model, tmp_path / "m", MODEL, classes=["a", "b", "c"])
-    images = tmp_path / "images"
-    (images / "sub").mkdir(parents=True)
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(images / "red.png")
-    Image.new("L", (20, 20), 90).save(images / "sub" / "grey.jpg")
-    (images / "broken.png").write_bytes(b"not a png")
-    out = tmp_path / "p.json"
-    assert main(["predict", str(images), "--pretrained", str(folder), "--topk", "2", "--json", str(out),
-                 "--csv", str(tmp_path / "p.csv")]) == 0
-    err = capsys.readouterr().err
-    assert "broken.png" in err and "1 skipped" in err
-    records = json.loads(out.read_text())
-    assert sorted(Path(r["file"]).name for r in records) == ["grey.jpg", "red.png"]
-    for r in records:
-        assert [t["class"] for t in r["topk"]] and {t["class"] for t in r["topk"]} <= {"a", "b", "c"}
-        assert 0 <= r["topk"][1]["prob"] <= r["topk"][0]["prob"] <= 1
-    # the same through the Python API, on a tensor
-    p = res2net.Predictor(str(folder), topk=3)
-    probs = [t["prob"] for t in p.predict([torch.rand(3, 32, 32)])[0]["topk"]]
-    assert sum(probs) == pytest.approx(1.0, abs=1e-5)
-    (tmp_path / "empty").mkdir()
-    assert main(["predict", str(tmp_path / "empty"), "--pretrained", str(folder)]) == 2
-    assert "no images" in capsys.readouterr().err
-
-
 def test_weights_command_lists_sources_and_cache(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RES2NET_CACHE", str(tmp_path))
@@ -316,44 +269,3 @@ def test_fetched_weights_for_another_model_are_refused(tmp_path: Path) -> None:
     folder = save_pretrained(res2net.create_model(MODEL), tmp_path / "m", MODEL)
     with pytest.raises(CheckpointError, match=f"holds {MODEL}, not resnet17_slim"):
         res2net.create_model("resnet17_slim", pretrained=str(folder))
-
-
-def test_predictor_tensor_convention_and_a_walk_that_never_hangs(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tensors: float in [0, 1] or uint8, (C, H, W) with C = 1 or 3; a NaN, out-of-range, wrong-channel, empty or
-    integer tensor is skipped and named (was: "prob nan"). The walk skips a looping link, an unreadable folder
-    and an oversized file, names each, and classifies the rest."""
-    from res2net import predict as predict_module
-
-    model = randomize_norms(res2net.create_model(MODEL, num_classes=3))
-    folder = save_pretrained(model, tmp_path / "m", MODEL, classes=["a", "b", "c"])
-    p = res2net.Predictor(str(folder), topk=2)
-    good = torch.rand(3, 32, 32)
-    bad = {"nan": torch.full((3, 8, 8), float("nan")), "range": good * 255, "channels": torch.rand(4, 8, 8),
-           "empty": torch.rand(3, 0, 8), "int": torch.ones(3, 8, 8, dtype=torch.int64)}
-    records = p.predict([good, (good * 255).round().to(torch.uint8), *bad.values()])
-    assert len(records) == 2 and all(math.isfinite(t["prob"]) for r in records for t in r["topk"])
-    assert records[0]["topk"][0]["prob"] == pytest.approx(records[1]["topk"][0]["prob"], abs=1e-2)
-    reasons = [reason for _, reason in p.skipped]
-    for needle in ("NaN", "float images are in [0, 1]", "C = 1 or 3", "empty image", "dtype torch.int64"):
-        assert any(needle in r for r in reasons), (needle, reasons)
-
-    images = tmp_path / "images"
-    (images / "locked").mkdir(parents=True)
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(images / "red.png")
-    Image.fromarray(torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8).numpy()).save(images / "big.png")
-    (images / "loop").symlink_to(images, target_is_directory=True)  # a folder link back up: never followed
-    (images / "self.png").symlink_to(images / "self.png")  # a link to itself
-    Image.new("RGB", (8, 8)).save(images / "locked" / "hidden.png")
-    monkeypatch.setattr(predict_module, "MAX_IMAGE_BYTES", (images / "big.png").stat().st_size - 1)
-    os.chmod(images / "locked", 0)
-    try:
-        locked = not os.access(images / "locked", os.R_OK)  # root reads a 0000 folder
-        skipped: list = []
-        found = predict_module.find_images([images], skipped)
-    finally:
-        os.chmod(images / "locked", 0o755)
-    assert found == sorted([images / "red.png"] + ([] if locked else [images / "locked" / "hidden.png"]))
-    named = " ".join(f"{a} {b}" for a, b in skipped)
-    assert "self.png" in named and "big.png" in named and "too large" in named
-    assert ("locked" in named) == locked
