@@ -214,7 +214,8 @@ def test_cli_exports_a_training_checkpoint_with_its_own_shape(tmp_path: Path,
     graph = onnx.load(str(out)).graph
     dims = [[d.dim_value for d in t.type.tensor_type.shape.dim] for t in (graph.input[0], graph.output[0])]
     assert dims == [[1, 1, 28, 28], [1, 10]]
-    assert main(["export", "--model", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx", "--num-classes", "5",
+    assert main(["export", "--model", "res2net17_slim", "--checkpoint", str(ckpt), "--format", "onnx",
+                 "--num-classes", "5",
                  "--out", str(out), "--overwrite"]) == 2
     assert "trained with 10 classes" in capsys.readouterr().err
     grey = ex.real_input(28, (0.5,), (0.25,), in_chans=1)

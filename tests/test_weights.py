@@ -269,3 +269,51 @@ def test_fetched_weights_for_another_model_are_refused(tmp_path: Path) -> None:
     folder = save_pretrained(res2net.create_model(MODEL), tmp_path / "m", MODEL)
     with pytest.raises(CheckpointError, match=f"holds {MODEL}, not resnet17_slim"):
         res2net.create_model("resnet17_slim", pretrained=str(folder))
+
+
+def test_a_cached_official_file_is_checked_on_use_and_repaired_by_download(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.hub checks the hash of a download only: a cached copy truncated later was loaded or failed with a
+    pickle error naming nothing. Now its hash is checked on every use, the error names the file, and
+    `res2net weights download` replaces it."""
+    import dataclasses
+
+    from res2net.models import registry
+    from res2net.weights import sources
+    from res2net.weights.io import sha256_of
+
+    model = randomize_norms(res2net.create_model(MODEL))
+    host = tmp_path / "host"
+    host.mkdir()
+    staged = host / "staged.pth"
+    torch.save(model.state_dict(), staged)
+    fname = f"{MODEL}-{sha256_of(staged)[:8]}.pth"
+    staged.rename(host / fname)
+    real_get_spec = registry.get_spec
+    monkeypatch.setattr(registry, "OFFICIAL_URL", host.as_uri() + "/")
+    monkeypatch.setattr(registry, "get_spec", lambda n: dataclasses.replace(real_get_spec(n), weights_file=fname))
+    monkeypatch.setenv("RES2NET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        assert torch.equal(res2net.create_model(MODEL, pretrained=True).eval()(x), want)
+    cached = sources.official_cache() / fname
+    cached.write_bytes(cached.read_bytes()[:-100])  # truncated after the download
+    with pytest.raises(CheckpointError, match=f"cached file {cached} does not match the hash in its name"):
+        res2net.create_model(MODEL, pretrained=True)
+    assert main(["weights", "download", MODEL]) == 0
+    assert "does not match its hash; downloading it again" in capsys.readouterr().err
+    with torch.no_grad():
+        assert torch.equal(res2net.create_model(MODEL, pretrained=True).eval()(x), want)
+
+
+def test_integer_or_bool_tensors_are_refused_as_weights() -> None:
+    from res2net.weights.load import load_state_dict_strict
+
+    model = res2net.create_model(MODEL)
+    state = model.state_dict()
+    state["fc.weight"] = (state["fc.weight"] > 0)
+    state["conv1.weight"] = state["conv1.weight"].round().to(torch.int64)
+    with pytest.raises(CheckpointError, match="2 integer or bool tensors for real weights: conv1.weight: torch.int64"):
+        load_state_dict_strict(model, state, "w.pt")

@@ -63,7 +63,8 @@ def cmd_receptive_field(args: argparse.Namespace) -> int:
     """Theoretical receptive-field sets vs the bottleneck, and measured ERFs vs the baseline."""
     from ..analysis.receptive_field import receptive_field_report
 
-    report = receptive_field_report(model_name(args), args.out, args.checkpoint, args.baseline, args.baseline_checkpoint,
+    report = receptive_field_report(model_name(args), args.out, args.checkpoint, args.baseline,
+                                    args.baseline_checkpoint,
                                     args.input_size, args.images, command=command_line("receptive-field"))
     print(f"report: {report}")
     return 0
@@ -83,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--repeats", type=positive_int, default=10, help="timed forwards; the median is kept (default 10)")
     c.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (reported as NaN)")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    c.add_argument("--json", action="store_true", help="print the rows as JSON (one object per model: name, params, MACs, latency)")
+    c.add_argument("--json", action="store_true",
+                   help="print the rows as JSON (one object per model: name, params, MACs, latency)")
     c.add_argument("--out", metavar="DIR", help="also write report.md, complexity.{json,csv,png} there")
     c.set_defaults(func=cmd_complexity)
 

@@ -97,10 +97,13 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or mismatched:
+    # an integer or bool tensor where the model holds real numbers would be cast silently by load_state_dict
+    not_real = [f"{k}: {state_dict[k].dtype}" for k, v in own.items() if k in state_dict and v.is_floating_point()
+                and not (state_dict[k].is_floating_point() or state_dict[k].is_complex())]
+    if missing or unexpected or mismatched or not_real:
         parts = []
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
+                             ("shape mismatches", mismatched), ("integer or bool tensors for real weights", not_real)):
             if items:
                 more = f" ... (+{len(items) - 10} more)" if len(items) > 10 else ""
                 parts.append(f"{len(items)} {label}: {', '.join(items[:10])}{more}")

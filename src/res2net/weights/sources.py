@@ -147,6 +147,20 @@ def run_folder_weights(folder: Path) -> Path:
     raise CheckpointError(f"{folder} holds no weights ({', '.join(HUB_FILES)}, {PRETRAINED_DIR}/ or best.pt)")
 
 
+def cached_file_problem(path: Path) -> Optional[str]:
+    """Why a cached official file cannot be used (its SHA-256 does not start with the prefix in its name:
+    truncated or corrupt), or None when it is sound or its name carries no hash."""
+    match = HASH_IN_NAME.search(path.name)
+    if match is None or not path.is_file():
+        return None
+    digest = sha256_of(path)
+    if digest.startswith(match.group(1)):
+        return None
+    return (f"the cached file {path} does not match the hash in its name (sha256 {digest[:12]}..., expected "
+            f"{match.group(1)}...; {path.stat().st_size} bytes): it is truncated or corrupt; `res2net weights "
+            "download` replaces it")
+
+
 def _download_official(url: str, cache_dir: Optional[Union[str, Path]]) -> Dict[str, Tensor]:
     """Fetch ``url`` (``https://`` or ``file://``) through torch.hub's cache with the hash check of its file name
     (``name-<sha256 prefix>.pth``). A mismatching or truncated download is refused and never kept."""
@@ -156,6 +170,9 @@ def _download_official(url: str, cache_dir: Optional[Union[str, Path]]) -> Dict[
                       stacklevel=3)
     target = official_cache(cache_dir)
     first_time = not (target / name).is_file()
+    problem = cached_file_problem(target / name)  # torch.hub checks the hash of a download only, not of a copy
+    if problem:
+        raise CheckpointError(problem)
     try:
         obj = torch.hub.load_state_dict_from_url(url, model_dir=str(target), map_location="cpu",
                                                  progress=sys.stderr.isatty(), check_hash=True, weights_only=True)
@@ -338,6 +355,11 @@ def download(names: Sequence[str], cache_dir: Optional[Union[str, Path]] = None)
     Returns (model, source used); CheckpointError naming every model that got none."""
     done, failed = [], []
     for name in names:
+        url = registry.get_spec(name).url
+        cached = official_cache(cache_dir) / os.path.basename(url.split("?")[0]) if url else None
+        if cached is not None and cached_file_problem(cached):
+            print(f"note: {cached} does not match its hash; downloading it again", file=sys.stderr)
+            cached.unlink()
         try:
             fetched = fetch_first(registry.get_spec(name).name, True, cache_dir)
         except CheckpointError as exc:
