@@ -64,8 +64,8 @@ def cmd_receptive_field(args: argparse.Namespace) -> int:
     from ..analysis.receptive_field import receptive_field_report
 
     report = receptive_field_report(model_name(args), args.out, args.checkpoint, args.baseline,
-                                    args.baseline_checkpoint,
-                                    args.input_size, args.images, command=command_line("receptive-field"))
+                                    args.baseline_checkpoint, args.input_size, args.images,
+                                    command=command_line("receptive-field"))
     print(f"report: {report}")
     return 0
 
