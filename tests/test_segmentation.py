@@ -56,7 +56,7 @@ def test_deeplab_structure():
 
 
 @pytest.mark.slow
-def test_segment_cli_end_to_end(tmp_path):
+def test_segment_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["segment", "train", "--model", "resnet50", "--data", "synthetic", "--steps", "1", "--batch-size", "2",
             "--input-size", "64", "--quiet", "--out", str(out), "--set", "data.synthetic_train=4",
@@ -78,3 +78,10 @@ def test_segment_cli_end_to_end(tmp_path):
     assert main(["segment", "predict", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "pred"),
                  "--input", str(out / "data" / "voc" / "JPEGImages" / "val_00000.jpg")]) == 0
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.png")) == ["val_00000_mask.png", "val_00000_seg.png"]
+    # the classification commands name the checkpoint's task instead of listing missing keys
+    image = str(out / "data" / "voc" / "JPEGImages" / "val_00000.jpg")
+    for command in (["predict", image, "--checkpoint", str(out / "last.pt")],
+                    ["eval", "--checkpoint", str(out / "last.pt"), "--dataset", "fashion-mnist"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "is a segmentation checkpoint, not a classifier's: use `res2net segment predict/eval`" in err, err

@@ -49,6 +49,10 @@ def to_our_layout(state_dict: Mapping[str, Tensor], name: str, model: Optional[n
     return layouts.rename_scale1_keys(converted, model.state_dict()) if model is not None else converted
 
 
+# what reads a dense task's checkpoint (the task name a training checkpoint records -> its command)
+DENSE_COMMANDS = {"detection": "detect predict/eval", "segmentation": "segment predict/eval",
+                  "saliency": "saliency predict/eval"}
+
 def _to_official(state_dict: Mapping[str, Tensor], name: str, model: Optional[nn.Module]) -> Dict[str, Tensor]:
     try:
         match = layouts.detect_layout(state_dict, name)
@@ -297,6 +301,14 @@ def create_model(name: str, pretrained: Pretrained = False, *, cache_dir: Option
     return load_model(pretrained, name, cache_dir=cache_dir, **kwargs)
 
 
+def require_classifier(info: CheckpointInfo) -> None:
+    """A training checkpoint of a dense task (detection, segmentation, saliency) is refused by the classification
+    commands with one line naming its task and the command that reads it (not a list of missing keys)."""
+    if info.task not in (None, "classification"):
+        raise CheckpointError(f"{info.source} is a {info.task} checkpoint, not a classifier's: use `res2net "
+                              f"{DENSE_COMMANDS.get(info.task, info.task)}` with it")
+
+
 def load_model(source: WeightsSource, name: Optional[str] = None, *, num_classes: Optional[int] = None,
                keep_trained_head: bool = False, cache_dir: Optional[Union[str, Path]] = None,
                **kwargs: Any) -> nn.Module:
@@ -329,6 +341,8 @@ def load_model(source: WeightsSource, name: Optional[str] = None, *, num_classes
             raise ValueError(f"load_model: no weights given ({source!r})")
         fetched = fetch_first(name, pretrained, cache_dir) if name else \
             fetch_weights(parse_source(pretrained), cache_dir)
+    if fetched.info is not None:
+        require_classifier(fetched.info)
     name = name or fetched.model_name
     if not name:
         raise CheckpointError(f"{fetched.source} does not say which model it holds; give the model name "

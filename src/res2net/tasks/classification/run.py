@@ -19,6 +19,7 @@ from ...engine.runfolder import RunLock
 from ...errors import CheckpointError, ConfigError, DataError
 from ...models import get_spec
 from ...weights import PRETRAINED_DIR, describe_checkpoint, fetch_first, load_model, save_pretrained
+from ...weights.load import require_classifier
 from .config import ClassificationConfig
 from .data import ClassificationData, load_data
 from .report import earlier_models, model_summary, write_report
@@ -166,6 +167,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], name: Optional[str] = None
         The result: model, checkpoint, dataset, images, top-1/top-5 (and their errors), loss, skipped images.
     """
     info = describe_checkpoint(checkpoint)
+    require_classifier(info)
     name = name or info.model_name
     if not name:
         raise CheckpointError(f"{checkpoint} does not say which model it holds; give --model NAME")
