@@ -15,7 +15,7 @@ import res2net
 from res2net.data.calibration import calibration_batches
 from res2net.inference import autotune, backends
 from res2net.inference.onnx import BF16_RTOL
-from res2net.errors import ConfigError, DataError
+from res2net.errors import ConfigError, DataError, Res2NetError
 
 NAME, SIZE = "res2net20_cifar", 32
 
@@ -286,3 +286,10 @@ def test_runtime_model_refuses_other_shapes_and_training(model: torch.nn.Module,
         fast.train()
     with pytest.raises(ConfigError, match="already optimized"):
         res2net.optimize(fast)
+
+
+def test_auto_says_why_no_backend_could_be_built() -> None:
+    model = res2net.create_model("res2net17_slim").eval()
+    with pytest.raises(Res2NetError, match=r"no backend could be built for int8 \(onnxruntime: dtype int8 needs "
+                                           r"calibration.*openvino: dtype int8 needs calibration"):
+        res2net.optimize(model, dtype="int8", backend="auto")

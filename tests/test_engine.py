@@ -299,6 +299,8 @@ def test_contradicting_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match="linear_probe .* freezes every stage; model.frozen_stages=1"):
         load_config(ClassificationConfig, "fashion_mnist", ["model.linear_probe=true", "model.frozen_stages=1"])
     assert load_config(ClassificationConfig, "fashion_mnist", ["model.linear_probe=true"]).model.linear_probe
+    with pytest.raises(ConfigError, match="model.name is an empty list"):
+        load_config(ClassificationConfig, "fashion_mnist", ["model.name=[]"])
 
 
 def test_onecycle_pct_start_is_used_as_given_or_adjusted_with_a_warning() -> None:

@@ -111,14 +111,16 @@ def choose_backend(model: nn.Module, dtype: Union[torch.dtype, str] = torch.floa
     if not names:
         raise BackendNotInstalled(f"no installed backend runs {name}: {EXTRA}")
     built_all: Dict[str, OptimizedModel] = {}
+    reasons: List[str] = []
     with tempfile.TemporaryDirectory(prefix="res2net-auto-") as tmp:
         for b in names:
             try:
                 built_all[b] = build_backend(model, b, name, workdir=Path(tmp), **kw)
             except Res2NetError as exc:
                 log(f"auto: {b} skipped: {exc}")
+                reasons.append(f"{b}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     if not built_all:
-        raise Res2NetError(f"auto: no backend could be built for {name}")
+        raise Res2NetError(f"auto: no backend could be built for {name} ({'; '.join(reasons)})")
     x = torch.randn(batch_size, *shape)
     times: Dict[str, List[float]] = {b: [] for b in built_all}
     for b, m in built_all.items():

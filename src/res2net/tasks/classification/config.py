@@ -30,6 +30,8 @@ class ModelSection:
     linear_probe: bool = False  # train the classifier only (stem and every stage frozen)
 
     def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("model.name is an empty list; name at least one model (res2net models lists them)")
         if self.linear_probe and self.frozen_stages != -1:
             raise ConfigError(f"model.linear_probe (--linear-probe) freezes every stage; model.frozen_stages="
                               f"{self.frozen_stages} (--frozen-stages) contradicts it: give one of the two")
