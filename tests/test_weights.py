@@ -4,6 +4,7 @@ Hugging Face cache is laid out on disk by the tests with files they write, read 
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -317,3 +318,21 @@ def test_integer_or_bool_tensors_are_refused_as_weights() -> None:
     state["conv1.weight"] = state["conv1.weight"].round().to(torch.int64)
     with pytest.raises(CheckpointError, match="2 integer or bool tensors for real weights: conv1.weight: torch.int64"):
         load_state_dict_strict(model, state, "w.pt")
+
+
+def test_a_hand_edited_config_json_is_validated(tmp_path: Path) -> None:
+    """config.json's preprocessing and classes are checked when read: a std of 0 (NaN inputs), an input size of 0,
+    classes that are not a list of names each get one line naming the file and the value."""
+    from res2net.weights.hub import CONFIG_FILE, FORMAT_TAG
+
+    folder = save_pretrained(randomize_norms(res2net.create_model(MODEL, num_classes=3)), tmp_path / "m",
+                             classes=["a", "b", "c"])
+    good = json.loads((folder / CONFIG_FILE).read_text())
+    for edit, needle in ((lambda c: c["preprocessing"].update(std=[0.0, 0.2, 0.2]), "std [0.0, 0.2, 0.2]"),
+                         (lambda c: c["preprocessing"].update(input_size=0), "input_size 0"),
+                         (lambda c: c.update(classes="a,b,c"), "classes must be a list of names")):
+        config = json.loads(json.dumps(good))
+        edit(config[FORMAT_TAG])
+        (folder / CONFIG_FILE).write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match=f"config.json: .*{re.escape(needle)}"):
+            res2net.load_model(folder)

@@ -7,12 +7,14 @@ takes the model card's values (``data.input_size`` may replace the card's size f
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from . import fashion_mnist as fmnist
 from .images import CIFAR_SIZE
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 # the in-memory data sets are used at their native size
 NATIVE_SIZES: Dict[str, int] = {"fashion-mnist": fmnist.SIZE, "cifar100": CIFAR_SIZE}
 # data sets normalised with their own statistics instead of the model card's
@@ -31,6 +33,24 @@ class Preprocessing:
     std: Tuple[float, ...]
     crop_pct: float = 1.0
     interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        """Values that would give NaN or nonsense inputs (from a hand-edited ``config.json``) are refused."""
+        problems = []
+        if not isinstance(self.input_size, int) or isinstance(self.input_size, bool) or self.input_size < 1:
+            problems.append(f"input_size {self.input_size!r} (an integer >= 1)")
+        if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+            problems.append(f"mean {list(self.mean)} and std {list(self.std)} (1 or 3 values each)")
+        if not all(math.isfinite(v) for v in self.mean):
+            problems.append(f"mean {list(self.mean)} (finite numbers)")
+        if not all(math.isfinite(v) and v > 0 for v in self.std):
+            problems.append(f"std {list(self.std)} (numbers > 0)")
+        if not (math.isfinite(self.crop_pct) and 0 < self.crop_pct <= 1):
+            problems.append(f"crop_pct {self.crop_pct!r} (in (0, 1])")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation {self.interpolation!r} (one of {', '.join(INTERPOLATIONS)})")
+        if problems:
+            raise ValueError("preprocessing: bad " + "; ".join(problems))
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain values (JSON- and ``weights_only``-safe)."""

@@ -216,8 +216,17 @@ def _read_our_config(path: Path) -> Dict[str, Any]:
 def _fetched_from_files(source: Source, weights: Path, config: Optional[Path]) -> FetchedWeights:
     state_dict = unwrap_state_dict(read_checkpoint(weights), str(weights))
     ours = _read_our_config(config).get(FORMAT_TAG, {}) if config is not None and config.is_file() else {}
-    prep = Preprocessing.from_dict(ours["preprocessing"]) if "preprocessing" in ours else None
-    return FetchedWeights(source, state_dict, ours.get("model"), ours.get("classes"), prep)
+    try:
+        prep = Preprocessing.from_dict(ours["preprocessing"]) if "preprocessing" in ours else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config}: {exc if isinstance(exc, ValueError) else 'bad preprocessing entry'}"
+                              ) from None
+    classes, model = ours.get("classes"), ours.get("model")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{config}: classes must be a list of names, got {classes!r}")
+    if model is not None and not isinstance(model, str):
+        raise CheckpointError(f"{config}: model must be a name, got {model!r}")
+    return FetchedWeights(source, state_dict, model, classes, prep)
 
 
 def fetch_weights(source: Source, cache_dir: Optional[Union[str, Path]] = None) -> FetchedWeights:
