@@ -46,7 +46,8 @@ Pretrained = Union[bool, str, Path]
 
 @dataclass(frozen=True)
 class Source:
-    """One place weights can come from: ``kind`` is official | hf-hub | url | file | folder."""
+    """One place weights can come from: ``kind`` is official | hf-hub | url | file | folder | state_dict (given in
+    memory)."""
 
     kind: str
     location: str  # URL, Hub repository id, or local path
@@ -198,9 +199,13 @@ def _read_our_config(path: Path) -> Dict[str, Any]:
 
 def _fetched_from_files(source: Source, weights: Path, config: Optional[Path]) -> FetchedWeights:
     state_dict = unwrap_state_dict(read_checkpoint(weights), str(weights))
-    ours = _read_our_config(config).get(FORMAT_TAG, {}) if config is not None and config.is_file() else {}
+    whole = _read_our_config(config) if config is not None and config.is_file() else {}
+    ours = whole.get(FORMAT_TAG, {})
     prep = Preprocessing.from_dict(ours["preprocessing"]) if "preprocessing" in ours else None
-    return FetchedWeights(source, state_dict, ours.get("model"), ours.get("classes"), prep)
+    name = ours.get("model") or registry.zoo_name(whole.get("architecture"))  # a timm folder names its architecture
+    labels = whole.get("label_names")  # timm's (a list, or a dict when ids have gaps)
+    classes = ours.get("classes") or (labels if isinstance(labels, list) else None)
+    return FetchedWeights(source, state_dict, name, classes, prep)
 
 
 def fetch_weights(source: Source, cache_dir: Optional[Union[str, Path]] = None) -> FetchedWeights:
