@@ -261,3 +261,15 @@ def test_segmentation_models_pytorch_unet_with_our_encoder():
     loss.backward()
     assert all(p.grad is not None for p in net.encoder.parameters())
     opt.step()
+
+
+def test_segmentation_models_pytorch_refuses_our_dla_in_one_line():
+    """smp asks DLA encoders for timm's DLA indices (level0 = 0); ours start at level1: one line says what to use."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    tname = res2net.register_timm_models(["res2net_dla60"])["res2net_dla60"]
+    with pytest.raises(ValueError) as info:
+        smp.Unet(encoder_name="tu-" + tname, encoder_weights=None, classes=3)
+    message = str(info.value)
+    assert "\n" not in message and "segmentation_models_pytorch" in message and "r2n_res2net50_26w_4s" in message
+    assert "(1, 2, 3, 4, 5)" in message
+    assert timm.create_model(tname, features_only=True, out_indices=(0, 4)).feature_info.reduction() == [2, 32]

@@ -104,6 +104,31 @@ def weights_of_cfg(name: str, cfg: Dict[str, Any]) -> Union[bool, str, Dict[str,
                           f"(none of {', '.join(SOURCE_KEYS)})")
 
 
+def check_dla_out_indices(name: str, out_indices: Any) -> None:
+    """Refuse timm's DLA feature indices on our DLA trunks, with the models that work instead.
+
+    timm's DLA counts ``level0`` (stride 1) as feature 0; ours starts at ``level1`` (stride 2), so our indices are
+    0-4 (strides 2-32). segmentation_models_pytorch's ``tu-`` encoders ask any name containing ``dla`` for
+    ``out_indices=(1, ..., 5)``; such frameworks need a ResNet-trunk model.
+
+    Args:
+        name: a zoo model.
+        out_indices: the ``out_indices`` passed to timm.
+
+    Raises:
+        ValueError: one line naming the trunks to use instead.
+    """
+    spec = get_spec(name)
+    count = len(getattr(spec.arch, "levels", ())) - 1
+    if spec.family != "dla" or out_indices is None or all(isinstance(i, int) and i < count for i in out_indices):
+        return
+    usable = [timm_model_name(s.name) for s in MODELS if s.family == "resnet" and s.arch.stem != "cifar"]
+    raise ValueError(f"out_indices {tuple(out_indices)}: {timm_model_name(name)} gives features 0-{count - 1} "
+                     f"(level1-level{count}, strides 2-{2 ** count}); timm's own DLA counts level0 (stride 1) as "
+                     "0, and frameworks that assume that (segmentation_models_pytorch's tu- encoders) need a "
+                     f"ResNet-trunk model: {', '.join(usable[:3])}, ... ({len(usable)} models; not the CIFAR trunks)")
+
+
 def _entrypoint(name: str) -> Callable[..., nn.Module]:
     """timm's entrypoint for the zoo model ``name``: timm's factory arguments in, :func:`create_model` out."""
 
@@ -118,6 +143,8 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
         if feature_cls not in FEATURE_CLASSES:
             raise ValueError(f"feature_cls {feature_cls!r}: res2net models give their features through "
                              "res2net.models.FeatureExtractor (a list of maps, like timm's 'getter')")
+        if kwargs.get("features_only"):
+            check_dla_out_indices(name, kwargs.get("out_indices"))
         cfg = resolved_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
         weights = weights_of_cfg(name, cfg) if pretrained else False
         with torch.device(device) if device is not None else contextlib.nullcontext():
