@@ -53,6 +53,13 @@ LAYOUT_SOURCES: Dict[str, str] = {
                   "tools/convert-torchvision-to-d2.py",
 }
 
+# What a converted file does not carry over: the network that loads it computes another function.
+LAYOUT_NOTES: Dict[str, str] = {
+    "mmdet": ("mmdet 3.3.0's Res2Net is not the official network: its Bottle2neck skips the 3x3 average pool of the "
+              "untouched split in the stride-1 stage block (layer1.0), which the official code, timm, mmpretrain and "
+              "res2net apply; the weights load strictly, but its C2-C5 maps differ from ours (docs/MODELS.md)"),
+}
+
 # torchvision's ResNet/ResNeXt with our names for them (same depth/width/groups, scale 1).
 TORCHVISION_NAMES: Dict[str, str] = {"resnet50": "resnet50", "resnet101": "resnet101", "resnet152": "resnet152",
                                      "resnext50_32x4d": "resnext50_32x4d"}
