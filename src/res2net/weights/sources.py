@@ -202,7 +202,9 @@ def _fetched_from_files(source: Source, weights: Path, config: Optional[Path]) -
     whole = _read_our_config(config) if config is not None and config.is_file() else {}
     ours = whole.get(FORMAT_TAG, {})
     prep = Preprocessing.from_dict(ours["preprocessing"]) if "preprocessing" in ours else None
-    name = ours.get("model") or registry.zoo_name(whole.get("architecture"))  # a timm folder names its architecture
+    architecture = str(whole.get("architecture", ""))  # our r2n_ timm name is ours for sure; timm's may be a card
+    name = ours.get("model") or (registry.zoo_name(architecture) if architecture.startswith(registry.TIMM_PREFIX)
+                                 else None)
     labels = whole.get("label_names")  # timm's (a list, or a dict when ids have gaps)
     classes = ours.get("classes") or (labels if isinstance(labels, list) else None)
     return FetchedWeights(source, state_dict, name, classes, prep)
