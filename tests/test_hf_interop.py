@@ -105,3 +105,20 @@ def test_save_pretrained_folder_loads_in_timm_and_transformers(tmp_path: Path) -
         card = res2net.model_card(name, with_complexity=False)
         assert out["data:" + repo]["input_size"] == (3, card["input_size"], card["input_size"])
         assert out["data:" + repo]["mean"] == tuple(card["mean"])
+
+
+def test_scale1_baseline_folder_is_timms_layout(tmp_path: Path) -> None:
+    """A ResNet-50 folder (scale 1: our convs.0/bns.0 are timm's and torchvision's conv2/bn2) names timm's
+    resnet50 and holds its keys: timm loads it strictly (``local-dir:``), and so do we."""
+    model = randomize_norms(res2net.create_model("resnet50", num_classes=3))
+    folder = save_pretrained(model, tmp_path / "r50", classes=["a", "b", "c"])
+    assert json.loads((folder / "config.json").read_text())["architecture"] == "resnet50"
+    keys = set(load_file(str(folder / "model.safetensors")))
+    assert keys == set(timm.create_model("resnet50", num_classes=3).state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    back = res2net.load_model(str(folder)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+    assert back.class_names == ["a", "b", "c"]
