@@ -5,6 +5,7 @@ section, ``model.safetensors``, a model card ``README.md``) that timm (``hf-hub:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -50,7 +51,8 @@ def model_card_text(name: str, classes: Optional[Sequence[str]], preprocessing: 
     spec = registry.get_spec(name)
     architecture, layout = hub_architecture(spec.name)
     requirement = needs_res2net(spec.name)
-    lines = ["---", f"license: {license.lower().replace(' ', '-')}",
+    licence_id = license.lower().replace(" ", "-")  # the Hub's metadata takes licence ids; free text is "other"
+    lines = ["---", f"license: {licence_id if re.fullmatch(r'[a-z0-9.-]+', licence_id) else 'other'}",
              f"library_name: {'timm' if requirement is None else 'res2net'}", "tags:",
              "- image-classification", "- timm", "- res2net", "---", "", f"# {name}", "",
              f"{spec.description}: a Res2Net model (Gao et al., \"Res2Net: A New Multi-scale Backbone "
