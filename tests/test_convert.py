@@ -142,6 +142,33 @@ def test_timm_checkpoint_to_official_loads_in_our_model(tmp_path):
         torch.testing.assert_close(ours(x), reference.eval()(x))
 
 
+@pytest.mark.parametrize("timm_name, ours", [("dla60_res2net", "res2net_dla60"), ("dla60_res2next", "res2next_dla60"),
+                                              ("dla60", "dla60")])
+def test_dla_timm_to_official_and_back_bit_identical(tmp_path, capsys, timm_name, ours):
+    """timm's DLA files lack the 18 unused official ``project`` keys: timm -> official -> timm through the CLI
+    gives timm's tensors bit for bit, and the official file (complete without them) loads into our model."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    reference = timm.create_model(timm_name).eval()
+    for value in reference.state_dict().values():
+        value.add_(torch.randn_like(value), alpha=0.01) if value.dtype.is_floating_point else value.fill_(3)
+    source = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(source, str(tmp_path / f"{timm_name}.safetensors"))
+    official, back = tmp_path / "official.pth", tmp_path / "back.safetensors"
+    assert main(["convert", str(tmp_path / f"{timm_name}.safetensors"), str(official), "--to", "official",
+                 "--model", ours]) == 0
+    assert "timm layout" in capsys.readouterr().out
+    assert main(["convert", str(official), str(back), "--to", "timm"]) == 0
+    again = read_state_dict(back)
+    assert set(again) == set(source) and all(_bits_equal(again[k], source[k]) for k in source)
+    model = create_model(ours, pretrained=str(official)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
 def test_convert_never_writes_over_its_source_nor_an_existing_file_unasked(official_file, tmp_path, capsys):
     """`convert a.pth a.pth` replaced the source (and dropped its fc); an existing DST is replaced only with
     --overwrite; --format must agree with DST's suffix."""

@@ -33,7 +33,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "export": {"files", "inference", "weights", "models", "data", "errors", "extras"},
     "bench": {"inference", "weights", "models", "data", "errors", "extras", "profiling", "jsonio", "hardware"},
     "predict": {"files", "inference", "weights", "data", "errors", "hardware"},
-    "timm_compat": {"weights", "models"},
+    "timm_compat": {"weights", "models", "errors"},
 }
 # inside the weights package, each module imports only the ones before it (the package's __init__ imports all)
 WEIGHTS_ORDER = ["io", "layouts", "sources", "load", "hub", "convert"]

@@ -481,6 +481,7 @@ def test_input_checks():
     (dict(in_chans=0), "in_chans"),
     (dict(num_classes=-1), "num_classes"),
     (dict(drop_path_rate=1.5), "drop_path_rate"),
+    (dict(drop_rate=1.5), "drop_rate"),
 ])
 def test_invalid_create_args(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -489,7 +490,7 @@ def test_invalid_create_args(kwargs, match):
 
 def test_unknown_keyword_is_not_swallowed():
     with pytest.raises(TypeError):
-        res2net.create_model("res2net50_26w_4s", drop_rate=0.1)
+        res2net.create_model("res2net50_26w_4s", drop_block_rate=0.1)  # timm's, not implemented here
 
 
 @settings(max_examples=25, deadline=None)

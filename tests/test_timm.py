@@ -103,7 +103,72 @@ def test_timm_create_model_builds_ours():
     with pytest.raises(ValueError, match="feature_cls 'fx'"):
         timm.create_model(tname, features_only=True, feature_cls="fx")
     with pytest.raises(TypeError):
-        timm.create_model(tname, drop_rate=0.1)  # an argument we do not implement is refused, not dropped
+        timm.create_model(tname, drop_block_rate=0.1)  # an argument we do not implement is refused, not dropped
+
+
+@pytest.mark.parametrize("name", ["res2net17_slim", "res2net_dla60"])
+def test_timm_drop_rate_is_dropout_before_the_classifier(name):
+    """timm's drop_rate: dropout on the pooled features in training; in eval the model is the plain one."""
+    tname = res2net.register_timm_models([name])[name]
+    torch.manual_seed(0)
+    model = timm.create_model(tname, drop_rate=0.5, num_classes=5)
+    plain = timm.create_model(tname, num_classes=5)
+    plain.load_state_dict(model.state_dict())
+    assert model.drop_rate == 0.5 and plain.drop_rate == 0.0
+    x = torch.randn(4, 3, 32, 32)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), rtol=0, atol=0)
+        features = model.forward_features(x)
+        model.train()
+        pooled = model.forward_head(features, pre_logits=True)
+        kept = plain.forward_head(features, pre_logits=True)
+        live = kept != 0
+        zeros = (pooled == 0) & live
+        assert 0.3 < zeros[live].float().mean() < 0.7  # about half the features dropped ...
+        torch.testing.assert_close(pooled[~zeros], kept[~zeros] * 2)  # ... the rest scaled by 1 / (1 - p)
+        assert not torch.equal(model.forward_head(features), plain.forward_head(features))
+    with pytest.raises(ValueError, match="drop_rate"):
+        timm.create_model(tname, drop_rate=1.5)
+
+
+def test_timm_pretrained_cfg_overlay_names_the_weights(tmp_path, monkeypatch):
+    """pretrained_cfg_overlay's file, url, hf_hub_id and state_dict are the weights timm's users pass; each loads
+    exactly those weights (not the default ones), and the resolved cfg says where they came from."""
+    from safetensors.torch import save_file
+
+    name = "res2net17_slim"
+    tname = res2net.register_timm_models([name])[name]
+    torch.manual_seed(0)
+    source = timm.create_model(tname, num_classes=3).eval()
+    for module in source.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.5)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RES2NET_CACHE", str(tmp_path / "cache"))
+    from test_pretrained import hub_cache
+
+    hub_cache(tmp_path / "cache" / "huggingface", "me/slim", {"model.safetensors": (tmp_path / "w.safetensors")
+                                                                  .read_bytes()})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = source(x)
+        for overlay in (dict(file=str(tmp_path / "w.safetensors")), dict(file=str(tmp_path / "w.pth")),
+                        dict(url=(tmp_path / "w.pth").as_uri()), dict(hf_hub_id="me/slim"),
+                        dict(state_dict=state)):
+            model = timm.create_model(tname, pretrained=True, pretrained_cfg_overlay=overlay).eval()
+            torch.testing.assert_close(model(x), want, rtol=0, atol=0, msg=str(list(overlay)))
+            assert model.num_classes == 3 and "state_dict" not in model.pretrained_cfg
+            key = next(iter(overlay))
+            if key != "state_dict":
+                assert model.pretrained_cfg[key] == overlay[key]
+    with pytest.raises(res2net.errors.CheckpointError, match="names no weights"):
+        timm.create_model(res2net.register_timm_models(["res2net50_26w_4s"])["res2net50_26w_4s"], pretrained=True,
+                          pretrained_cfg_overlay=dict(url="", hf_hub_id=None))
 
 
 # ---- timm's own tests/test_models.py -----------------------------------------------------------------------
@@ -196,3 +261,15 @@ def test_segmentation_models_pytorch_unet_with_our_encoder():
     loss.backward()
     assert all(p.grad is not None for p in net.encoder.parameters())
     opt.step()
+
+
+def test_segmentation_models_pytorch_refuses_our_dla_in_one_line():
+    """smp asks DLA encoders for timm's DLA indices (level0 = 0); ours start at level1: one line says what to use."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    tname = res2net.register_timm_models(["res2net_dla60"])["res2net_dla60"]
+    with pytest.raises(ValueError) as info:
+        smp.Unet(encoder_name="tu-" + tname, encoder_weights=None, classes=3)
+    message = str(info.value)
+    assert "\n" not in message and "segmentation_models_pytorch" in message and "r2n_res2net50_26w_4s" in message
+    assert "(1, 2, 3, 4, 5)" in message
+    assert timm.create_model(tname, features_only=True, out_indices=(0, 4)).feature_info.reduction() == [2, 32]

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
@@ -185,11 +186,15 @@ class Trunk(BackboneMixin, nn.Module):
     A subclass builds its body modules in run order, then calls :meth:`init_head`, and defines
     ``group_matcher``."""
 
-    def init_head(self, num_features: int, num_classes: int, global_pool: str, conv_classifier: bool = False
-                  ) -> None:
+    def init_head(self, num_features: int, num_classes: int, global_pool: str, conv_classifier: bool = False,
+                  drop_rate: float = 0.0) -> None:
         """Register ``global_pool`` and ``fc`` (last, after the body) and the head attributes;
-        ``conv_classifier``: ``fc`` is a 1x1 conv applied to the pooled map (DLA's official layout)."""
+        ``conv_classifier``: ``fc`` is a 1x1 conv applied to the pooled map (DLA's official layout);
+        ``drop_rate``: dropout on the pooled features before the classifier in training (timm's ``drop_rate``)."""
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
         self.head_names = ["global_pool", "fc"]
+        self.drop_rate = float(drop_rate)
         self.conv_classifier = conv_classifier
         self.num_features = self.head_hidden_size = num_features
         self.num_classes = num_classes
@@ -210,9 +215,11 @@ class Trunk(BackboneMixin, nn.Module):
         return self.forward_body(x, [])[0]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global pool -> classifier; ``pre_logits`` stops before the classifier. Without pooling
-        (``global_pool=""``) the classifier runs at every position: (N, classes, H, W) logits."""
+        """Global pool -> dropout (``drop_rate``, training only) -> classifier; ``pre_logits`` stops before the
+        classifier. Without pooling (``global_pool=""``) the classifier runs at every position: (N, classes, H, W) logits."""
         x = self.global_pool(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
         pooled = self.pool_type != ""
         if not pre_logits:
             if self.conv_classifier:

@@ -143,6 +143,7 @@ class DLA(Trunk):
         in_chans: int = 3,
         output_stride: Optional[int] = None,
         drop_path_rate: float = 0.0,
+        drop_rate: float = 0.0,
         norm_layer: Optional[NormLayer] = None,
         zero_init_last: bool = False,
         keep_unused_project: bool = True,
@@ -177,7 +178,7 @@ class DLA(Trunk):
             {"num_chs": channels[i], "reduction": 2 ** i, "module": f"level{i}"} for i in range(1, 6))
         self.stem_names = ["base_layer", "level0"]
         self.stage_names = [f"level{i}" for i in range(1, 6)]
-        self.init_head(channels[-1], num_classes, global_pool, conv_classifier=True)
+        self.init_head(channels[-1], num_classes, global_pool, conv_classifier=True, drop_rate=drop_rate)
         init_weights(self, zero_init_last=zero_init_last)
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

@@ -296,6 +296,7 @@ def build_model(
     norm_eval: bool = False,
     norm_layer: Optional[NormLayer] = None,
     drop_path_rate: float = 0.0,
+    drop_rate: float = 0.0,
     grad_checkpointing: bool = False,
     zero_init_last: bool = False,
     global_pool: str = "avg",
@@ -311,6 +312,7 @@ def build_model(
         output_stride: 32, 16 or 8 (dilated later stages) for ImageNet trunks; None keeps the native stride.
         frozen_stages, norm_eval: mmdetection semantics (see :meth:`BackboneMixin.configure_backbone`).
         drop_path_rate: stochastic depth, linearly increasing over the blocks.
+        drop_rate: dropout before the classifier, in training (timm's ``drop_rate``).
         grad_checkpointing: recompute block activations in backward to save memory.
         global_pool: ``"avg"`` (default), ``"max"`` or ``""`` (no pooling: the classifier then gives logits at
             every position, (N, classes, H, W)).
@@ -334,8 +336,8 @@ def build_model(
     if not isinstance(n_cls, int) or n_cls < 0:
         raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     model = spec.arch.build(num_classes=n_cls, in_chans=in_chans, output_stride=output_stride,
-                            drop_path_rate=drop_path_rate, norm_layer=norm_layer, zero_init_last=zero_init_last,
-                            global_pool=global_pool)
+                            drop_path_rate=drop_path_rate, drop_rate=drop_rate, norm_layer=norm_layer,
+                            zero_init_last=zero_init_last, global_pool=global_pool)
     model.pretrained_cfg = model.default_cfg = pretrained_cfg(spec.name, in_chans=in_chans, num_classes=n_cls)
     result: nn.Module = FeatureExtractor(model, out_indices) if features_only else model
     result.configure_backbone(frozen_stages=frozen_stages, norm_eval=norm_eval)  # type: ignore[operator]
@@ -353,7 +355,19 @@ def model_name(model: nn.Module) -> Optional[str]:
     Returns:
         The registry name, or None when the model does not say one the registry knows.
     """
-    architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    return zoo_name((getattr(model, "pretrained_cfg", None) or {}).get("architecture"))
+
+
+def zoo_name(architecture: Any) -> Optional[str]:
+    """The registry name of an architecture name: ours, an alias (timm's names of the models timm has), or our
+    timm registry name (``r2n_`` + ours).
+
+    Args:
+        architecture: e.g. a ``config.json``'s ``architecture``.
+
+    Returns:
+        The registry name, or None when the registry does not know it.
+    """
     if not isinstance(architecture, str):
         return None
     for candidate in (architecture, architecture[len(TIMM_PREFIX):] if architecture.startswith(TIMM_PREFIX) else ""):

@@ -91,6 +91,7 @@ class ResNet(Trunk):
         in_chans: int = 3,
         output_stride: Optional[int] = None,
         drop_path_rate: float = 0.0,
+        drop_rate: float = 0.0,
         norm_layer: Optional[NormLayer] = None,
         zero_init_last: bool = False,
         global_pool: str = "avg",
@@ -173,7 +174,7 @@ class ResNet(Trunk):
         self.feature_info = info
         self.stem_names = ["conv1", "bn1"]
         self.stage_names = stage_names
-        self.init_head(in_channels, num_classes, global_pool)
+        self.init_head(in_channels, num_classes, global_pool, drop_rate=drop_rate)
         init_weights(self, zero_init_last=zero_init_last)
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

@@ -63,6 +63,8 @@ class ConvertReport:
             out.append(f"  left out ({self.target_layout} has no place for them): {_summarise(self.dropped)}")
         out.append(f"  verified: {self.verified_against}; converting back gives bit-identical tensors")
         out.append(f"wrote {self.dst} ({self.target_layout} layout, {self.fmt}, {self.tensors} tensors)")
+        if self.target_layout in layouts.LAYOUT_NOTES:
+            out.append(f"  note: {layouts.LAYOUT_NOTES[self.target_layout]}")
         return out
 
 

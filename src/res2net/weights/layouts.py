@@ -53,6 +53,13 @@ LAYOUT_SOURCES: Dict[str, str] = {
                   "tools/convert-torchvision-to-d2.py",
 }
 
+# What a converted file does not carry over: the network that loads it computes another function.
+LAYOUT_NOTES: Dict[str, str] = {
+    "mmdet": ("mmdet 3.3.0's Res2Net is not the official network: its Bottle2neck skips the 3x3 average pool of the "
+              "untouched split in the stride-1 stage block (layer1.0), which the official code, timm, mmpretrain and "
+              "res2net apply; the weights load strictly, but its C2-C5 maps differ from ours (docs/MODELS.md)"),
+}
+
 # torchvision's ResNet/ResNeXt with our names for them (same depth/width/groups, scale 1).
 TORCHVISION_NAMES: Dict[str, str] = {"resnet50": "resnet50", "resnet101": "resnet101", "resnet152": "resnet152",
                                      "resnext50_32x4d": "resnext50_32x4d"}
@@ -249,6 +256,14 @@ def _unused_official_keys(model_name: str) -> frozenset:
     return frozenset(k for k in official_shapes(model_name) if k not in used)
 
 
+def unused_keys(model_name: str) -> List[str]:
+    """Official keys the forward never uses (DLA's ``project`` shortcuts of levels 3-4), in official order: timm's
+    layout has no place for them, and an official-layout file without them (e.g. converted from timm) is complete.
+    """
+    unused = _unused_official_keys(get_spec(model_name).name)
+    return [k for k in official_shapes(get_spec(model_name).name) if k in unused]
+
+
 @functools.lru_cache(maxsize=None)
 def key_map(model_name: str, layout: str) -> Dict[str, str]:
     """Official key -> ``layout`` key for every official key the layout holds (in official order).
@@ -294,6 +309,7 @@ class LayoutScore:
     mismatched: int  # keys present in both with different shapes
     absent_optional: int  # classifier / num_batches_tracked keys the state dict lacks (allowed)
     examples: Tuple[str, ...] = ()
+    absent_unused: int = 0  # of those, DLA's unused project keys (a layout that never has them fits better)
 
     @property
     def exact(self) -> bool:
@@ -351,19 +367,22 @@ def _views(state_dict: Mapping[str, Tensor]) -> Iterator[Tuple[str, Dict[str, Te
 
 
 def _score(view: Mapping[str, Tensor], expected: Mapping[str, Tuple[int, ...]], layout: str,
-           prefix: str) -> LayoutScore:
+           prefix: str, unused: Sequence[str] = ()) -> LayoutScore:
     head = [k for k in expected if k.startswith(("fc.", "head.fc."))]
     partial_head = any(k in view for k in head)  # a classifier is absent as a whole or not at all
     counters = [k for k in expected if k.endswith(_BN_BUFFER)]
     partial_counters = any(k in view for k in counters)  # detectron2's FrozenBatchNorm keeps none of them
-    optional = set(head if not partial_head else ()) | set(counters if not partial_counters else ())
+    partial_unused = any(k in view for k in unused)  # DLA's unused project keys: all there or none
+    optional = set(head if not partial_head else ()) | set(counters if not partial_counters else ()) | set(
+        unused if not partial_unused else ())
     missing = [k for k in expected if k not in view and k not in optional]
     absent_optional = sum(1 for k in optional if k not in view)
     unexpected = [k for k in view if k not in expected]
     mismatched = [k for k, v in view.items() if k in expected and tuple(v.shape) != expected[k]]
     examples = tuple(missing[:2]) + tuple(f"+{k}" for k in unexpected[:2]) + tuple(
         f"{k} {tuple(view[k].shape)} vs {expected[k]}" for k in mismatched[:1])
-    return LayoutScore(layout, prefix, len(missing), len(unexpected), len(mismatched), absent_optional, examples)
+    return LayoutScore(layout, prefix, len(missing), len(unexpected), len(mismatched), absent_optional, examples,
+                       sum(1 for k in unused if k not in view))
 
 
 def detect_layout(state_dict: Mapping[str, Tensor], model_name: str,
@@ -385,14 +404,15 @@ def detect_layout(state_dict: Mapping[str, Tensor], model_name: str,
     views = list(_views(state_dict))
     for layout in candidates:
         expected = layout_shapes(spec.name, layout)
+        unused = unused_keys(spec.name) if layout == "official" else []
         for prefix, view in views:
-            score = _score(view, expected, layout, prefix)
+            score = _score(view, expected, layout, prefix, unused)
             if layout not in best or score.distance < best[layout].distance:
                 best[layout] = score
     scores = tuple(sorted(best.values(), key=lambda s: (s.distance, candidates.index(s.layout))))
     exact = [s for s in scores if s.exact]
-    # prefer the view with the least stripped, then LAYOUTS order
-    exact.sort(key=lambda s: (len(s.prefix), candidates.index(s.layout)))
+    # prefer the view with the least stripped, then a layout that has no place for absent unused keys, then LAYOUTS
+    exact.sort(key=lambda s: (len(s.prefix), s.absent_unused, candidates.index(s.layout)))
     chosen = exact[0] if exact else None
     classifier_absent = False
     if chosen is not None:
@@ -442,16 +462,18 @@ def to_official(state_dict: Mapping[str, Tensor], model_name: str,
     The tensors are the same objects (nothing is copied or cast). Keys the source layout has no place for are
     absent from the result: ``fc.*`` for mmdet/detectron2 (and for any source saved without its classifier), the
     unused DLA ``project`` keys for timm; the caller decides (load as a backbone, a new head, or an error).
-    Missing ``num_batches_tracked`` buffers are filled with 0. A state dict that fits no layout raises
+    An official-layout source may leave out the unused DLA ``project`` keys (:func:`unused_keys`) as a whole; they
+    stay absent. Missing ``num_batches_tracked`` buffers are filled with 0. A state dict that fits no layout raises
     CheckpointError with the nearest layouts and their missing/unexpected key counts.
     """
     match, view = _resolve(state_dict, model_name, layout)
     mapping = key_map(match.model, match.layout)
+    unused = set(unused_keys(match.model))
     out: Dict[str, Tensor] = {}
     for old, new in mapping.items():
         if new in view:
             out[old] = view[new]
-        elif old.endswith(_BN_BUFFER):
+        elif old.endswith(_BN_BUFFER) and old not in unused:
             out[old] = torch.zeros((), dtype=torch.long)
     return out
 

@@ -20,10 +20,10 @@ from ..errors import CheckpointError
 from ..models import registry
 from . import layouts
 from .io import CheckpointInfo, PathLike, describe_checkpoint
-from .sources import (FetchedWeights, Pretrained, fetch_first, fetch_weights, fetched_from_checkpoint,
+from .sources import (FetchedWeights, Pretrained, Source, fetch_first, fetch_weights, fetched_from_checkpoint,
                       parse_pretrained, parse_source)
 
-WeightsSource = Union[Pretrained, CheckpointInfo]
+WeightsSource = Union[Pretrained, CheckpointInfo, Mapping[str, Tensor]]
 
 
 # ---- step 1: our key layout ---------------------------------------------------------------------------------
@@ -33,8 +33,8 @@ def to_our_layout(state_dict: Mapping[str, Tensor], name: str, model: Optional[n
 
     Converted from timm, torchvision, mmdetection, mmpretrain or detectron2 keys when :mod:`.layouts`
     recognises them, as given otherwise (strict loading then names what does not fit). With ``model``: official
-    keys a layout leaves out because the forward never uses them (DLA's ``project`` shortcuts in timm) are taken
-    from it, and torchvision's/timm's scale-1 ``conv2``/``bn2`` keys are renamed to ``convs.0``/``bns.0`` where
+    keys a layout or file leaves out because the forward never uses them (DLA's ``project`` shortcuts in timm) are
+    taken from it, and torchvision's/timm's scale-1 ``conv2``/``bn2`` keys are renamed to ``convs.0``/``bns.0`` where
     the model expects them.
 
     Args:
@@ -58,13 +58,13 @@ def _to_official(state_dict: Mapping[str, Tensor], name: str, model: Optional[nn
         match = layouts.detect_layout(state_dict, name)
     except ValueError:  # a model no other framework has
         return dict(state_dict)
-    if match.layout is None or (match.layout == "official" and not match.prefix):
-        return dict(state_dict)
-    converted = layouts.to_official(state_dict, name, match.layout)
-    if model is not None:
+    as_given = match.layout is None or (match.layout == "official" and not match.prefix)
+    converted = dict(state_dict) if as_given else layouts.to_official(state_dict, name, match.layout)
+    if model is not None:  # keys the forward never uses, left out by the layout or the file: the model's own
         own = model.state_dict()
-        for key in layouts.dropped_keys(name, match.layout):
-            if key in own and not key.startswith("fc."):
+        left_out = [] if match.layout is None else layouts.dropped_keys(name, match.layout)
+        for key in left_out + layouts.unused_keys(name):
+            if key not in converted and key in own and not key.startswith("fc."):
                 converted[key] = own[key]
     return converted
 
@@ -318,8 +318,8 @@ def load_model(source: WeightsSource, name: Optional[str] = None, *, num_classes
 
     Args:
         source: ``True``/``"official"`` (the published weights of ``name``), a checkpoint file, a run or
-            save_pretrained folder, ``hf-hub:ORG/REPO[@REV]``, a URL, or a checkpoint already read
-            (:class:`~res2net.weights.io.CheckpointInfo`).
+            save_pretrained folder, ``hf-hub:ORG/REPO[@REV]``, a URL, a checkpoint already read
+            (:class:`~res2net.weights.io.CheckpointInfo`), or a state dict (any known layout).
         name: the zoo model; may be left out when the weights say it.
         num_classes: classifier outputs; default the weights' (0: no classifier in the weights). Another number
             re-initialises the classifier with a warning.
@@ -333,6 +333,8 @@ def load_model(source: WeightsSource, name: Optional[str] = None, *, num_classes
     """
     if isinstance(source, CheckpointInfo):
         fetched = fetched_from_checkpoint(source)
+    elif isinstance(source, Mapping):
+        fetched = FetchedWeights(Source("state_dict", "the given state dict"), dict(source))
     else:
         pretrained = parse_pretrained(source)
         if pretrained is True and not name:

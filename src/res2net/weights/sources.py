@@ -46,7 +46,8 @@ Pretrained = Union[bool, str, Path]
 
 @dataclass(frozen=True)
 class Source:
-    """One place weights can come from: ``kind`` is official | hf-hub | url | file | folder."""
+    """One place weights can come from: ``kind`` is official | hf-hub | url | file | folder | state_dict (given in
+    memory)."""
 
     kind: str
     location: str  # URL, Hub repository id, or local path
@@ -215,18 +216,23 @@ def _read_our_config(path: Path) -> Dict[str, Any]:
 
 def _fetched_from_files(source: Source, weights: Path, config: Optional[Path]) -> FetchedWeights:
     state_dict = unwrap_state_dict(read_checkpoint(weights), str(weights))
-    ours = _read_our_config(config).get(FORMAT_TAG, {}) if config is not None and config.is_file() else {}
+    whole = _read_our_config(config) if config is not None and config.is_file() else {}
+    ours = whole.get(FORMAT_TAG, {})
     try:
         prep = Preprocessing.from_dict(ours["preprocessing"]) if "preprocessing" in ours else None
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{config}: {exc if isinstance(exc, ValueError) else 'bad preprocessing entry'}"
                               ) from None
-    classes, model = ours.get("classes"), ours.get("model")
+    architecture = str(whole.get("architecture", ""))  # our r2n_ timm name is ours for sure; timm's may be a card
+    name = ours.get("model") or (registry.zoo_name(architecture) if architecture.startswith(registry.TIMM_PREFIX)
+                                 else None)
+    labels = whole.get("label_names")  # timm's (a list, or a dict when ids have gaps)
+    classes = ours.get("classes") or (labels if isinstance(labels, list) else None)
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise CheckpointError(f"{config}: classes must be a list of names, got {classes!r}")
-    if model is not None and not isinstance(model, str):
-        raise CheckpointError(f"{config}: model must be a name, got {model!r}")
-    return FetchedWeights(source, state_dict, model, classes, prep)
+    if name is not None and not isinstance(name, str):
+        raise CheckpointError(f"{config}: model must be a name, got {name!r}")
+    return FetchedWeights(source, state_dict, name, classes, prep)
 
 
 def fetch_weights(source: Source, cache_dir: Optional[Union[str, Path]] = None) -> FetchedWeights:
