@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 import res2net
 from res2net.weights import save_pretrained
-from test_pretrained import hub_cache, randomize_norms
+from test_weights import hub_cache, randomize_norms
 
 timm = pytest.importorskip("timm")
 pytest.importorskip("transformers")

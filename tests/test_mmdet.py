@@ -23,7 +23,7 @@ from torch import nn
 
 from res2net import create_model
 from res2net.weights import layouts
-from test_pretrained import randomize_norms
+from test_weights import randomize_norms
 
 mmdet = pytest.importorskip("mmdet")
 pytest.importorskip("mmengine")

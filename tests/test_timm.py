@@ -150,7 +150,7 @@ def test_timm_pretrained_cfg_overlay_names_the_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("RES2NET_CACHE", str(tmp_path / "cache"))
-    from test_pretrained import hub_cache
+    from test_weights import hub_cache
 
     hub_cache(tmp_path / "cache" / "huggingface", "me/slim", {"model.safetensors": (tmp_path / "w.safetensors")
                                                                   .read_bytes()})
