@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from res2net.files import atomic_write, check_destination, publish, usual_mode
+from res2net.files import atomic_write, check_destination, claim_folder, publish, usual_mode
 
 
 def _mode(path: Path) -> int:
@@ -126,3 +126,22 @@ def test_live_runs_are_seen_nested_outs_refused_and_predict_warned(tmp_path: Pat
     assert live_run(run) is None  # released: the lock file stays, the lock does not
     with RunLock(run / "model" / "inner"):
         pass
+
+
+def test_a_users_folder_with_files_is_never_an_output_folder(tmp_path: Path) -> None:
+    """`res2net train --out` into a folder of the user's replaced their report.md and metrics.json; a folder
+    res2net never wrote into is now refused when it holds files, and one it did write into is reused."""
+    from res2net.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    assert main(["train", "--model", "res2net17_slim", "--epochs", "1", "--out", str(mine)]) == 2
+    assert main(["receptive-field", "--model", "res2net20_cifar", "--images", "1", "--out", str(mine)]) == 2
+    assert (mine / "report.md").read_text() == "my notes" and sorted(p.name for p in mine.iterdir()) == ["report.md"]
+    ours = tmp_path / "ours"
+    with pytest.raises(FileExistsError, match="holds files res2net did not write"):
+        claim_folder(mine)
+    assert claim_folder(ours) == ours and claim_folder(ours) == ours  # created, marked, claimed again
+    (ours / "report.md").write_text("ours")
+    assert claim_folder(ours) == ours

@@ -17,7 +17,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "extras": {"errors"},
     "files": set(),
     "jsonio": {"files"},
-    "reporting": set(),
+    "reporting": {"files"},
     "profiling": set(),
     "allocator": set(),
     "hardware": {"errors"},

@@ -19,9 +19,42 @@ from typing import Iterator, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["RUN_LOCK_NAME", "atomic_write", "check_destination", "live_run", "publish", "usual_mode"]
+__all__ = ["RUN_LOCK_NAME", "atomic_write", "check_destination", "claim_folder", "live_run", "publish",
+           "usual_mode"]
 
-RUN_LOCK_NAME = ".res2net.lock"  # held with flock by a run writing into its folder (res2net.engine.runfolder)
+# held with flock by a run writing into its folder (res2net.engine.runfolder); its presence also marks a folder
+# as an output folder of res2net, whose report files a later command may replace
+RUN_LOCK_NAME = ".res2net.lock"
+
+
+def claim_folder(folder: PathLike, what: str = "--out") -> Path:
+    """Make ``folder`` an output folder of res2net: created when missing, marked with :data:`RUN_LOCK_NAME`.
+
+    Args:
+        folder: the folder a command writes its files into.
+        what: how the user named it, for the message.
+
+    Returns:
+        ``folder`` as a Path.
+
+    Raises:
+        FileExistsError: the folder holds files and res2net never wrote into it (the user's own folder: its
+            files are never replaced); NotADirectoryError: it is a file.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} {folder} exists and is not a folder")
+    marker = folder / RUN_LOCK_NAME
+    if folder.is_dir() and not marker.exists():
+        found = sorted(p.name for p in folder.iterdir()  # a run's own sub-folder (out/<model>/) is res2net's
+                       if not (p.is_dir() and (p / RUN_LOCK_NAME).exists()))
+        if found:
+            more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
+            raise FileExistsError(f"{what} {folder} holds files res2net did not write ({', '.join(found[:3])}{more});"
+                                  " choose a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return folder
 
 
 def live_run(folder: PathLike) -> Optional[str]:

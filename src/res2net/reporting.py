@@ -7,6 +7,8 @@ import csv
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from .files import claim_folder
+
 
 def pyplot() -> Any:
     """matplotlib.pyplot with the non-interactive Agg backend."""
@@ -28,12 +30,9 @@ def save_image_grid(fig: Any, axes: Any, path: Path) -> None:
 
 
 def out_dir(path: str | Path) -> Path:
-    """Create (if needed) and return the report folder ``path``."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    """Create (if needed) and return the report folder ``path`` (:func:`res2net.files.claim_folder`: a folder of
+    the user's own with files in it is refused)."""
+    return claim_folder(path)
 
 
 def write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:

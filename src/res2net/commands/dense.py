@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Tuple, Type
 import torch
 from torch import nn
 
+from ..files import claim_folder
 from ..data.dense import load_rgb
 from ..data.photos import list_images
 from ..engine import Trainer, load_config
@@ -92,6 +93,8 @@ def cmd_train(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Names
     task = task_cls(cfg, out)
     trainer = Trainer(task, cfg, out, resume=args.resume)
     task.dist = trainer.dist
+    if trainer.dist.is_main:
+        claim_folder(out)  # before the synthetic scenes go into <out>/data: never a folder of the user's
     task.prepare_data()
     result = trainer.fit()
     if not trainer.dist.is_main:  # under torchrun only rank 0 evaluates and writes

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Optional, Type, Union
 
 from ..errors import Res2NetError
-from ..files import RUN_LOCK_NAME, live_run
+from ..files import RUN_LOCK_NAME, claim_folder, live_run
 
 LOCK_NAME = RUN_LOCK_NAME
 
@@ -57,7 +57,13 @@ class RunLock:
             if holder is not None and holder != str(os.getpid()):  # this process's own run folder is fine
                 raise FolderInUse(f"output folder {self.folder} is inside {parent}, a run still in progress (pid "
                                   f"{holder}); choose an --out outside it")
-        ensure_writable_folder(self.folder)
+        ensure_writable_folder(self.folder.parent)
+        try:
+            claim_folder(self.folder)
+        except OSError as exc:
+            if isinstance(exc, (FileExistsError, NotADirectoryError)):
+                raise Res2NetError(str(exc)) from None
+            raise Res2NetError(f"cannot create output folder {self.folder}: {exc.strerror or exc}") from None
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
