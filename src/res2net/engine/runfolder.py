@@ -24,19 +24,6 @@ class FolderInUse(Res2NetError):
     """Another live process holds the run folder's lock."""
 
 
-def ensure_writable_folder(folder: Union[str, os.PathLike]) -> Path:
-    """Create ``folder`` (and parents) and return it; a folder that cannot be created or written (read-only
-    file system, permissions, a file in the way) raises :class:`Res2NetError` naming it and the reason."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise Res2NetError(f"output folder {folder} is a file, not a folder") from None
-    except OSError as exc:
-        raise Res2NetError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
-    return folder
-
-
 class RunLock:
     """Exclusive, non-blocking lock on a run folder (use as a context manager or :meth:`acquire`/:meth:`release`).
 
@@ -57,13 +44,11 @@ class RunLock:
             if holder is not None and holder != str(os.getpid()):  # this process's own run folder is fine
                 raise FolderInUse(f"output folder {self.folder} is inside {parent}, a run still in progress (pid "
                                   f"{holder}); choose an --out outside it")
-        ensure_writable_folder(self.folder.parent)
         try:
             claim_folder(self.folder)
-        except OSError as exc:
-            if isinstance(exc, (FileExistsError, NotADirectoryError)):
-                raise Res2NetError(str(exc)) from None
-            raise Res2NetError(f"cannot create output folder {self.folder}: {exc.strerror or exc}") from None
+        except OSError as exc:  # claim_folder's own refusals carry no errno; the file system's do
+            raise Res2NetError(f"cannot create output folder {self.folder}: {exc.strerror}" if exc.errno
+                               else str(exc)) from None
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:

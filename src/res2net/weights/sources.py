@@ -90,6 +90,11 @@ def official_cache(cache_dir: Optional[Union[str, Path]] = None) -> Path:
     return root / "official" if root else Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def official_cache_file(url: str, cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """The cached copy of the official file at ``url`` (whether it exists or not)."""
+    return official_cache(cache_dir) / os.path.basename(url.split("?")[0])
+
+
 def hub_cache(cache_dir: Optional[Union[str, Path]] = None) -> Optional[Path]:
     """Where Hub files are cached (None: huggingface_hub's default, ``$HF_HOME/hub``)."""
     root = cache_root(cache_dir)
@@ -165,17 +170,16 @@ def cached_file_problem(path: Path) -> Optional[str]:
 def _download_official(url: str, cache_dir: Optional[Union[str, Path]]) -> Dict[str, Tensor]:
     """Fetch ``url`` (``https://`` or ``file://``) through torch.hub's cache with the hash check of its file name
     (``name-<sha256 prefix>.pth``). A mismatching or truncated download is refused and never kept."""
-    name = os.path.basename(url.split("?")[0])
-    if not HASH_IN_NAME.search(name):
-        warnings.warn(f"{name}: no '-<sha256 prefix>' in the file name, so the download is not hash-checked",
+    cached = official_cache_file(url, cache_dir)
+    if not HASH_IN_NAME.search(cached.name):
+        warnings.warn(f"{cached.name}: no '-<sha256 prefix>' in the file name, so the download is not hash-checked",
                       stacklevel=3)
-    target = official_cache(cache_dir)
-    first_time = not (target / name).is_file()
-    problem = cached_file_problem(target / name)  # torch.hub checks the hash of a download only, not of a copy
+    first_time = not cached.is_file()
+    problem = cached_file_problem(cached)  # torch.hub checks the hash of a download only, not of a copy
     if problem:
         raise CheckpointError(problem)
     try:
-        obj = torch.hub.load_state_dict_from_url(url, model_dir=str(target), map_location="cpu",
+        obj = torch.hub.load_state_dict_from_url(url, model_dir=str(cached.parent), map_location="cpu",
                                                  progress=sys.stderr.isatty(), check_hash=True, weights_only=True)
     except RuntimeError as exc:
         if "invalid hash" in str(exc):
@@ -183,7 +187,7 @@ def _download_official(url: str, cache_dir: Optional[Union[str, Path]]) -> Dict[
         raise CheckpointError(f"cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                               ) from None
     except Exception as exc:  # URLError, HTTPError, OSError, pickle errors of a truncated file
-        (target / name).unlink(missing_ok=True)  # torch.hub moves the file into place before reading it
+        cached.unlink(missing_ok=True)  # torch.hub moves the file into place before reading it
         raise CheckpointError(f"cannot be downloaded: {type(exc).__name__}: {exc}") from None
     if first_time and "shanghuagao" in url:
         print(f"note: {OFFICIAL_LICENSE_NOTE}", file=sys.stderr)
@@ -335,7 +339,7 @@ def cached_sources(name: str, cache_dir: Optional[Union[str, Path]] = None) -> L
     for source in known_sources(name):
         path: Optional[Path] = None
         if source.kind == "official":
-            candidate = official_cache(cache_dir) / os.path.basename(source.location)
+            candidate = official_cache_file(source.location, cache_dir)
             path = candidate if candidate.is_file() else None
         else:
             try:
@@ -371,7 +375,7 @@ def download(names: Sequence[str], cache_dir: Optional[Union[str, Path]] = None)
     done, failed = [], []
     for name in names:
         url = registry.get_spec(name).url
-        cached = official_cache(cache_dir) / os.path.basename(url.split("?")[0]) if url else None
+        cached = official_cache_file(url, cache_dir) if url else None
         if cached is not None and cached_file_problem(cached):
             print(f"note: {cached} does not match its hash; downloading it again", file=sys.stderr)
             cached.unlink()
