@@ -13,9 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import torch
@@ -214,17 +215,24 @@ class FillDiskTask(ToyTask):
         return super().training_step(model, batch, ctx)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path):
-    mount = tmp_path / "tmpfs"
+@contextmanager
+def mounted_tmpfs(mount: Path, kib: int) -> Iterator[Path]:
+    """A tmpfs of ``kib`` KiB mounted at the new folder ``mount`` for the block (skips where mounting needs
+    root)."""
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mount)], capture_output=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.decode().strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path / "tmpfs", 4096) as mount:
+        yield mount
 
 
 def test_full_disk_fails_with_one_line_and_keeps_the_previous_checkpoint(small_tmpfs: Path) -> None:
@@ -517,11 +525,7 @@ def test_cli_full_tmpfs_as_out_stops_with_one_line_and_keeps_the_checkpoint(tmp_
     assert code == 0, err
     sizes = {p.name: p.stat().st_size for p in (tmp_path / "probe" / MODEL).iterdir() if p.suffix == ".pt"}
     room = sizes["last.pt"] + sizes["best.pt"] + sizes["last.pt"] // 2 + 256 * 1024  # + logs and rounding
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room // 1024}k", "tmpfs", str(mount)]).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with mounted_tmpfs(tmp_path / "small", room // 1024) as mount:
         out = mount / "run"
         code, err = _cli(tmp_path, "train", *small, "--epochs", "2", "--out", str(out))
         last = out / MODEL / "last.pt"
@@ -532,5 +536,30 @@ def test_cli_full_tmpfs_as_out_stops_with_one_line_and_keeps_the_checkpoint(tmp_
         assert not [p for p in (out / MODEL).iterdir() if ".tmp" in p.name]  # no half-written file
         state = torch.load(last, weights_only=True)
         assert state["epoch"] == 1 and state["step_in_epoch"] == 0
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_every_writer_on_a_full_disk_names_the_users_path_and_leaves_nothing(tmp_path: Path) -> None:
+    """export (every format), convert (every format) and save_pretrained on a full disk: exit 2 with one line
+    naming the path the user gave (never a temporary), and nothing left behind. TorchScript used to abort the
+    process inside torch's C++ zip writer (SIGABRT, a temporary folder left) and convert exited 1."""
+    from res2net import save_pretrained
+    from res2net.models import build_model
+
+    weights = tmp_path / "sd.pth"
+    torch.save(build_model("res2net50_26w_4s").state_dict(), weights)
+    with mounted_tmpfs(tmp_path / "small", 128) as mount:
+        cases = [(["export", "--model", MODEL, "--format", fmt], f"m.{ext}")
+                 for fmt, ext in (("torchscript", "pt"), ("onnx", "onnx"), ("openvino", "xml"))]
+        cases += [(["convert", str(weights), "--model", "res2net50_26w_4s", "--to", "timm", "--format", fmt], f"c.{fmt}")
+                  for fmt in ("pth", "safetensors", "pkl")]
+        for args, name in cases:
+            out = mount / name
+            args = args + ["--out", str(out)] if args[0] == "export" else args[:2] + [str(out)] + args[2:]
+            code, err = _cli(tmp_path, *args)
+            lines = err.strip().splitlines()
+            assert code == 2 and len(lines) == 1, (args, err[-2000:])
+            assert lines[0].endswith(f"No space left on device: {out}"), lines
+            assert not list(mount.iterdir()), (args, list(mount.iterdir()))
+        with pytest.raises(OSError, match=f"No space left on device: '{mount / 'hf'}'"):
+            save_pretrained(build_model(MODEL), mount / "hf")
+        assert not list(mount.iterdir())

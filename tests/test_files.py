@@ -3,6 +3,7 @@ previous file and no temporary, a folder is swapped whole."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from res2net.files import atomic_write, check_destination, claim_folder, publish, usual_mode
+from res2net.files import (atomic_write, check_destination, claim_folder, publish, scratch_folder, usual_mode,
+                          write_text)
 
 
 def _mode(path: Path) -> int:
@@ -44,6 +46,32 @@ def test_an_interrupted_write_keeps_the_previous_file_and_no_temporary(tmp_path:
             raise error("cut")
     assert dest.read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]
+
+
+def test_errors_about_a_temporary_name_the_destination(tmp_path: Path) -> None:
+    """A file-system error about the temporary (or one naming no file) names the user's path; an error about
+    another file keeps its own name; the scratch folder is gone either way."""
+    dest = tmp_path / "model.onnx"
+    with pytest.raises(OSError) as info:
+        with atomic_write(dest) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(dest)
+    with pytest.raises(OSError) as info:
+        with scratch_folder(dest) as work:
+            (work / "inner.bin").write_bytes(b"1")
+            raise OSError(errno.EIO, "Input/output error", str(work / "inner.bin"))
+    assert info.value.filename == str(dest)
+    with pytest.raises(OSError) as info:
+        with scratch_folder(dest):
+            raise OSError(errno.ENOSPC, "No space left on device")  # e.g. a C library's write that names nothing
+    assert info.value.filename == str(dest)
+    with pytest.raises(FileNotFoundError) as info:
+        with atomic_write(dest):
+            open(tmp_path / "calibration" / "x.png", "rb")
+    assert info.value.filename == str(tmp_path / "calibration" / "x.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    write_text(dest, "text")
+    assert dest.read_text() == "text" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
 def test_keep_previous_and_folder_swap(tmp_path: Path) -> None:

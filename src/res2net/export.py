@@ -16,7 +16,6 @@ thousands (float32 rounding then alone gives differences of ~1e-3; 5e-7 of the o
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
@@ -25,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .extras import require
-from .files import publish
+from .files import publish, scratch_folder, torch_bytes
 from .inference.onnx import (DEFAULT_OPSET, EXPORTERS, MIN_OPSET, MIN_OPSET_DYNAMO, ExportError, check_outputs,
                              real_input, write_onnx)
 
@@ -149,17 +148,16 @@ def export_model(model: nn.Module, out: Union[str, Path], fmt: str, input_size: 
     inputs = {"random": sample, "real (skimage astronaut)": real_input(input_size, mean, std, in_chans)}
     if dynamic_batch:
         inputs["random batch 3"] = torch.randn(3, in_chans, input_size, input_size)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=str(out.parent)) as tmp_dir:
-        tmp = Path(tmp_dir) / out.name
+    with scratch_folder(out) as tmp_dir:
+        tmp = tmp_dir / out.name
         if fmt == "torchscript":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript deprecation notices
-                scripted = torch.jit.script(model)
-                torch.jit.save(scripted, str(tmp))
+                tmp.write_bytes(torch_bytes(torch.jit.script(model)))
                 diffs = verify_torchscript(tmp, model, inputs)
             written = [tmp]
         elif fmt == "onnx":
-            fp32 = Path(tmp_dir) / "fp32.onnx" if int8 else tmp
+            fp32 = tmp_dir / "fp32.onnx" if int8 else tmp
             write_onnx(model, sample, fp32, opset, dynamic_batch or int8, exporter)
             if int8:
                 from .inference.backends import onnxruntime_runner, quantize_onnx

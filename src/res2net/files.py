@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence, Union
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["RUN_LOCK_NAME", "atomic_write", "check_destination", "claim_folder", "live_run", "publish",
-           "usual_mode"]
+           "save_torch", "scratch_folder", "torch_bytes", "usual_mode", "write_text"]
 
 # held with flock by a run writing into its folder (res2net.engine.runfolder); its presence also marks a folder
 # as an output folder of res2net, whose report files a later command may replace
@@ -181,6 +181,41 @@ def publish(tmp: PathLike, dest: PathLike, keep_previous: Optional[PathLike] = N
     return dest
 
 
+def _inside(path: object, folder: Path) -> bool:
+    if path is None:
+        return False
+    try:
+        return Path(os.fsdecode(path)).resolve().is_relative_to(folder.resolve())  # type: ignore[arg-type]
+    except (TypeError, ValueError, OSError):
+        return False
+
+
+@contextmanager
+def _errors_name(tmp: Path, dest: Path) -> Iterator[None]:
+    """Within the block, a file-system error about ``tmp`` (or a path inside it), or one that names no file, is
+    re-raised naming ``dest``: the user sees the path they gave, never an internal temporary."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None or not (exc.filename is None or _inside(exc.filename, tmp)):
+            raise
+        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(dest)) from exc
+
+
+@contextmanager
+def scratch_folder(dest: PathLike) -> Iterator[Path]:
+    """An empty temporary folder beside ``dest`` for work files of a write (removed when the block ends,
+    whatever ends it); the finished files go to their places with :func:`publish`. Errors name ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        with _errors_name(tmp, dest):
+            yield tmp
+    finally:
+        _remove(tmp)
+
+
 @contextmanager
 def atomic_write(dest: PathLike, suffix: str = "", directory: bool = False,
                  keep_previous: Optional[PathLike] = None) -> Iterator[Path]:
@@ -193,7 +228,8 @@ def atomic_write(dest: PathLike, suffix: str = "", directory: bool = False,
         keep_previous: passed to :func:`publish`.
 
     Yields:
-        The temporary path. On any exception (Ctrl-C included) it is removed and ``dest`` is untouched.
+        The temporary path. On any exception (Ctrl-C included) it is removed and ``dest`` is untouched; a
+        file-system error about the temporary names ``dest``.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -204,8 +240,42 @@ def atomic_write(dest: PathLike, suffix: str = "", directory: bool = False,
         os.close(fd)
         tmp = Path(name)
     try:
-        yield tmp
-        publish(tmp, dest, keep_previous)
+        with _errors_name(tmp, dest):
+            yield tmp
+            publish(tmp, dest, keep_previous)
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
+
+
+def torch_bytes(obj: object) -> bytes:
+    """``obj`` as :func:`torch.save` (a ScriptModule: :func:`torch.jit.save`) writes it, serialized in memory.
+
+    Write these bytes with Python, never hand torch a path or a file: given a path, torch's C++ zip writer aborts
+    the whole process (``terminate called ... unexpected pos``) when the disk fills, and given a file it reports
+    the full disk as a RuntimeError; Python's write raises the OSError, which :func:`atomic_write` names."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    if isinstance(obj, torch.jit.ScriptModule):
+        torch.jit.save(obj, buffer)
+    else:
+        torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_text(dest: PathLike, text: str) -> Path:
+    """Write ``text`` to ``dest`` through :func:`atomic_write` (reports, listings, small JSON files)."""
+    with atomic_write(dest) as tmp:
+        tmp.write_text(text)
+    return Path(dest)
+
+
+def save_torch(obj: object, dest: PathLike, keep_previous: Optional[PathLike] = None) -> Path:
+    """Write :func:`torch_bytes` of ``obj`` to ``dest`` through :func:`atomic_write`."""
+    data = torch_bytes(obj)
+    with atomic_write(dest, keep_previous=keep_previous) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, List, Tuple, Union
 
-from .files import atomic_write
+from .files import write_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,10 +59,7 @@ def dumps_strict(obj: Any, indent: int | None = 2) -> str:
 def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as strict JSON (see :func:`dumps_strict`) to ``path`` atomically (temp file, rename);
     an interrupted write leaves no temp file and the previous file intact."""
-    text = dumps_strict(obj, indent)
-    with atomic_write(path) as tmp:
-        tmp.write_text(text + "\n")
-    return Path(path)
+    return write_text(path, dumps_strict(obj, indent) + "\n")
 
 
 def jsonl_line(record: Any) -> str:

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from .files import claim_folder
+from .files import atomic_write, claim_folder, write_text
 
 
 def pyplot() -> Any:
@@ -25,8 +26,17 @@ def save_image_grid(fig: Any, axes: Any, path: Path) -> None:
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    pyplot().close(fig)
+    save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as a PNG at ``path`` atomically (:mod:`res2net.files`) and free it."""
+    try:
+        with atomic_write(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        pyplot().close(fig)
+    return Path(path)
 
 
 def out_dir(path: str | Path) -> Path:
@@ -40,10 +50,11 @@ def write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     columns: List[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:

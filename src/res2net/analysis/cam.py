@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.photos import load_image, resize_center, sample_images
+from ..files import save_torch, write_text
 from ..jsonio import write_json
 from ..reporting import md_table, out_dir, pyplot, save_image_grid
 from .common import trained_model
@@ -156,10 +157,10 @@ def cam_report(models: Sequence[Tuple[str, Optional[str]]], out: str | Path, ima
     summary = [{"model": r["model"], "image": n, "target": t, "label": lab}
                for r in results for (n, _), t, lab in zip(shown, r["targets"], r["labels"])]
     write_json(folder / "cam.json", {"layer": layer or "last stage", "results": summary})
-    torch.save({r["model"]: r["maps"] for r in results}, folder / "maps.pt")
+    save_torch({r["model"]: r["maps"] for r in results}, folder / "maps.pt")
     lines = ["# Grad-CAM", "", f"Command: `{command}`", "",
              f"Layer: {layer or 'last stage'}; weights: "
              + ", ".join(f"{n} {'(' + str(c) + ')' if c else '(random: no checkpoint)'}" for n, c in models if n),
              ""] + md_table(["model", "image", "target"], [[s["model"], s["image"], s["label"]] for s in summary])
-    (folder / "report.md").write_text("\n".join(lines + ["", "![cam](cam.png)", ""]))
+    write_text(folder / "report.md", "\n".join(lines + ["", "![cam](cam.png)", ""]))
     return folder / "report.md"

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..files import write_text
 from ..models import build_model, get_spec, list_models, model_complexity
 from ..profiling import measure_latency, peak_memory_mb
 
@@ -111,7 +112,7 @@ def report_lines(rows: Sequence[Dict[str, Any]], input_size: int, batch_size: in
 
 def plot(rows: Sequence[Dict[str, Any]], path: Any, batch_size: int) -> None:
     """Latency (batch N) and GMACs against params, one labelled point per model."""
-    from ..reporting import pyplot
+    from ..reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -124,8 +125,7 @@ def plot(rows: Sequence[Dict[str, Any]], path: Any, batch_size: int) -> None:
         ax.set(xlabel="params (M)", ylabel=label)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def complexity_rows(names: Sequence[str], input_size: int = 224, batch_size: int = 16, warmup: int = 2,
@@ -174,5 +174,5 @@ def write_complexity_report(out: str | Path, rows: Sequence[Dict[str, Any]], inp
     write_json(folder / "complexity.json", list(rows))
     write_csv(folder / "complexity.csv", list(rows))
     plot(rows, folder / "complexity.png", batch_size)
-    (folder / "report.md").write_text("\n".join(report_lines(rows, input_size, batch_size, command, device)))
+    write_text(folder / "report.md", "\n".join(report_lines(rows, input_size, batch_size, command, device)))
     return folder / "report.md"

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.photos import sample_images
+from ..files import save_torch, write_text
 from ..jsonio import write_json
 from ..layers import Res2NetBlock
 from ..models import ResNet, build_model, get_spec
@@ -145,7 +146,7 @@ def erf_inputs(images: Sequence[Tensor], size: int, in_chans: int, mean: Sequenc
 
 def theory_plot(records: Dict[str, List[Dict[str, Any]]], path: Any) -> None:
     """Distinct receptive-field sizes and paths per block, and the final size distribution, per model."""
-    from ..reporting import pyplot
+    from ..reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -163,8 +164,7 @@ def theory_plot(records: Dict[str, List[Dict[str, Any]]], path: Any) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def erf_plot(maps: Dict[str, List[Tensor]], path: Any) -> None:
@@ -220,10 +220,10 @@ def receptive_field_report(name: str, out: str | Path, checkpoint: Optional[str]
     photos = [img for _, img in sample_images()][:images]
     models = [(name, checkpoint)] + ([(baseline, baseline_checkpoint)] if baseline else [])
     measured, erf_rows = _measure(models, photos, input_size)
-    torch.save(measured, folder / "erf_maps.pt")
+    save_torch(measured, folder / "erf_maps.pt")
     erf_plot(measured, folder / "erf.png")
     write_csv(folder / "erf.csv", erf_rows)
-    (folder / "report.md").write_text("\n".join(_report_lines(theory, erf_rows, len(photos), command)))
+    write_text(folder / "report.md", "\n".join(_report_lines(theory, erf_rows, len(photos), command)))
     return folder / "report.md"
 
 

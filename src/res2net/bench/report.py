@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..errors import ConfigError
+from ..files import write_text
 from ..hardware import select_device
 from .cases import DTYPES, RUNTIMES, BenchConfig, Case, Result, matmul_probe_cases, model_cases, roofline_cases
 
@@ -236,5 +237,5 @@ def _finite(obj: Any) -> Any:
 def write_report(report: Dict[str, Any], out: Path, stem: str = "bench") -> None:
     """``stem.json`` (NaN written as null) and ``stem.md`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(_finite(report), indent=1, allow_nan=False) + "\n")
-    (out / f"{stem}.md").write_text(format_markdown(report))
+    write_text(out / f"{stem}.json", json.dumps(_finite(report), indent=1, allow_nan=False) + "\n")
+    write_text(out / f"{stem}.md", format_markdown(report))

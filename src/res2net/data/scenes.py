@@ -24,6 +24,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..files import write_text
+
 SCENE_CLASSES: Tuple[str, ...] = ("disc", "square", "triangle", "ring")
 FORMATS: Tuple[str, ...] = ("coco", "voc", "saliency")
 # written to scenes.json; 2: train and val scenes from independent random streams (1: val drawn after train)
@@ -235,7 +237,8 @@ def generate_scenes(out_dir: str | Path, n_train: int = 200, n_val: int = 50, si
         roots[fmt] = out / fmt
         for split, scenes in splits.items():
             writers[fmt](roots[fmt], split, scenes)
-    (out / "scenes.json").write_text(json.dumps({"n_train": n_train, "n_val": n_val, "size": size, "seed": seed,
-                                                 "max_objects": max_objects, "classes": list(SCENE_CLASSES),
-                                                 "generator": GENERATOR_VERSION}))
+    # written last and whole: it marks a finished set
+    write_text(out / "scenes.json", json.dumps({"n_train": n_train, "n_val": n_val, "size": size, "seed": seed,
+                                                "max_objects": max_objects, "classes": list(SCENE_CLASSES),
+                                                "generator": GENERATOR_VERSION}))
     return roots

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
+from ..files import write_text
 from ..jsonio import jsonl_line
 from ..errors import ConfigError
 from ..models import ResNet, count_macs, count_params
@@ -212,7 +213,7 @@ def summarize(records: Sequence[Dict[str, Any]], latency: Dict[str, float]) -> L
 
 def fig4(rows: Sequence[Dict[str, Any]], path: Path, dataset: str) -> None:
     """Test accuracy against params, one curve per dimension, mean with min-max spread over seeds."""
-    from ..reporting import pyplot
+    from ..reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -232,8 +233,7 @@ def fig4(rows: Sequence[Dict[str, Any]], path: Path, dataset: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def variant_latency(names: Sequence[str], num_classes: int, in_chans: int, input_size: int, input_pool: int = 1,
@@ -281,5 +281,5 @@ def write_report(out: Path, records: Sequence[Dict[str, Any]], dataset: str, bud
     lines += md_table(header + ["group"], [row(r) + [r["table3"]] for r in t3]) if t3 else ["(no Table 3 rows run)"]
     lines += ["", "Latency: CPU, fp32, median of 5 after 2 warm-ups, measured once at report time (noisy on a "
               "shared machine)."]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "report.md", "\n".join(lines) + "\n")
     return rows

@@ -25,7 +25,7 @@ from ..errors import CheckpointError
 from ..models import build_model, get_spec
 from ..models.registry import ModelSpec
 from . import layouts
-from ..files import atomic_write, check_destination
+from ..files import atomic_write, check_destination, torch_bytes
 from .io import read_checkpoint, unwrap_state_dict
 from .load import load_state_dict_strict
 
@@ -83,15 +83,15 @@ def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
 
 def _write(state_dict: Dict[str, Tensor], path: Path, fmt: str, meta: Dict[str, str]) -> None:
     if fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save  # bytes, written by Python: a full disk is an OSError naming the file
 
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata=meta)
+        path.write_bytes(save({k: v.contiguous() for k, v in state_dict.items()}, metadata=meta))
     elif fmt == "pkl":  # detectron2's model-zoo format: numpy arrays under "model", "__author__" required
         with open(path, "wb") as f:
             pickle.dump({"model": {k: v.numpy() for k, v in state_dict.items()}, "__author__": "res2net convert",
                          "matching_heuristics": True}, f, protocol=4)
     else:
-        torch.save(state_dict, path)
+        path.write_bytes(torch_bytes(state_dict))
 
 
 def _same_bits(a: Tensor, b: Tensor) -> bool:

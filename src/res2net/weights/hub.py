@@ -105,7 +105,7 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], name: Optional[s
     Returns:
         ``folder``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save  # bytes written by Python: a full disk is an OSError naming the folder
 
     name = name or registry.model_name(model)
     if not name:
@@ -149,7 +149,7 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], name: Optional[s
                           "metrics": dict(metrics or {}), "command": command, "data": data,
                           "weights_layout": layout, "requires": needs_res2net(spec.name)}
     with atomic_write(folder, directory=True) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "model": spec.name, "layout": layout})
+        (tmp / WEIGHTS_FILE).write_bytes(save(state, metadata={"format": "pt", "model": spec.name, "layout": layout}))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str, allow_nan=False) + "\n")
         (tmp / "README.md").write_text(model_card_text(spec.name, classes, prep, metrics, command, licence, data))
     return folder

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ...engine import FitResult, to_dict
+from ...files import write_text
 from ...jsonio import write_json
 from ...errors import ConfigError
 from ...models import build_model, count_macs, count_params, get_spec
@@ -60,11 +61,9 @@ def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Di
                  classes: List[str], cfg: ClassificationConfig, wall_seconds: float, command: str,
                  seeds: Optional[Dict[str, Any]] = None) -> None:
     """metrics.json, report.md, curves.png (loss and accuracy per epoch) and confusion.png."""
-    import matplotlib
+    from ...reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     summaries = {**earlier_models(out, cfg.data.dataset, exclude=summaries), **summaries}
     metrics = {"models": summaries, "dataset": cfg.data.dataset, "wall_seconds": wall_seconds, "seeds": seeds,
@@ -84,8 +83,7 @@ def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Di
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "curves.png")
 
     shown = {n: c for n, c in confusions.items() if c is not None}
     if shown:
@@ -103,8 +101,7 @@ def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Di
                             ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=6,
                                     color="white" if norm[i, j] > 0.5 else "black")
         fig.tight_layout()
-        fig.savefig(out / "confusion.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, out / "confusion.png")
 
     lines = [f"# Classification report ({cfg.data.dataset})", "", f"Command: `{command}`", "",
              f"Wall time: {wall_seconds:.0f} s", "",
@@ -127,7 +124,7 @@ def write_report(out: Path, summaries: Dict[str, Dict[str, Any]], confusions: Di
     if seeds:
         lines += seed_lines(seeds)
     lines += ["", "![curves](curves.png)", "", "![confusion](confusion.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text(out / "report.md", "\n".join(lines))
 
 
 def seed_lines(stats: Dict[str, Any]) -> List[str]:

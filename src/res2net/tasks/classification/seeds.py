@@ -58,7 +58,7 @@ def seed_statistics(top1: Mapping[str, Sequence[float]], pairs: Sequence[Tuple[s
 
 def seeds_plot(stats: Mapping[str, Any], path: Any) -> None:
     """Per-seed top-1 of each model (points) with the mean and its 95% interval (bar)."""
-    from ...reporting import pyplot
+    from ...reporting import pyplot, save_figure
 
     plt = pyplot()
     names = list(stats["models"])
@@ -73,5 +73,4 @@ def seeds_plot(stats: Mapping[str, Any], path: Any) -> None:
     ax.set(ylabel="test top-1 (%)", title="top-1 per seed (bar: mean and 95% t interval)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
