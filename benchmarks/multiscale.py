@@ -467,6 +467,17 @@ BUDGET_NOTE = (
     "(load 4-6 on 2 cores): it was 10x slower than idle at 28 px, not the 2x expected, so only its ratios were "
     "used, as a check that the cost grows with the pixel count as modelled (40 px / 28 px: 1.7x per step, model "
     "1.8x; 56 px: 3.6x, model 3.3x). On an AVX2-only CPU (fp32) the default pair alone takes about 3.2 h.")
+USAGE_LINES = (
+    "`benchmarks/multiscale.py` trains and reports the four parts of issue 24 (its docstring says what each is): "
+    "Res2Net against its same-budget ResNet at three scale ranges of `--dataset fashion-mnist-scaled`, the scale "
+    "ablation (s = 1, 2, 4, 8) at the widest range, Grad-CAM on small and large items, and the default 28 px pair "
+    "at 10 seeds. Each run is stored as it finishes (`results.jsonl`), so the experiment can span sessions; this "
+    "section is rewritten from the stored runs at the end of each session and by `--report-only`.", "",
+    "```",
+    ".venv/bin/python benchmarks/multiscale.py --budget-tolerance 0.06 [--seeds N] [--out DIR]  # the experiment",
+    ".venv/bin/python benchmarks/multiscale.py --quick --budget-tolerance 0.06 --out /tmp/ms-quick  # CI-sized",
+    ".venv/bin/python benchmarks/multiscale.py --report-only  # the outputs and this section from the stored runs",
+    "```")
 DESIGN_NOTE = (
     "Design: one canvas for every range, so that only the spread of item sizes changes (the default's ranges are "
     "centred on x0.7 in log scale: 20 px items, then 14-28 px, then 10-39 px); progressive resizing off on "
@@ -483,7 +494,7 @@ def report_lines(summary: Mapping[str, Any], figures: str = "") -> List[str]:
     s = summary["settings"]
     budget = summary["same_budget"]
     calls = summary["invocations"]
-    lines = [f"Runs: {summary['runs_finished']} of {summary['runs_planned']} planned"
+    lines = [*USAGE_LINES, "",f"Runs: {summary['runs_finished']} of {summary['runs_planned']} planned"
              + (" (**incomplete**: intervals so far)" if summary["runs_finished"] < summary["runs_planned"] else "")
              + f"; training wall time {summary['wall_seconds_of_runs'] / 3600:.2f} h in all; CPU: "
              f"{'; '.join(summary['cpus']) or '-'}.", "",
