@@ -309,3 +309,24 @@ def test_scaled_set_keys_apply_to_the_scaled_set_only() -> None:
 
     with pytest.raises(ConfigError, match="data.scale_range, data.clutter apply to data.dataset=fashion-mnist-scaled"):
         load_data(DataSection(dataset="fashion-mnist", scale_range=[0.5, 1.0], clutter=1), "res2net17_slim")
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
+def test_scaled_sets_are_made_from_their_own_splits_and_remade_by_split_seed() -> None:
+    """load_fashion_mnist_scaled: the train set is made from the training split and the test set from the test
+    split (item i from source image i, with its label), each with its own draw (split_seed), which
+    scale_onto_canvas remakes exactly."""
+    from res2net.data.scaled import load_fashion_mnist_scaled, scale_onto_canvas, split_seed
+
+    source = load_fashion_mnist(download=False)
+    sets = load_fashion_mnist_scaled(download=False, canvas=32, scale_range=(1.0, 1.0), seed=5)
+    corners = {}
+    for split in ("train", "test"):
+        made = scale_onto_canvas(source[split].images, 32, (1.0, 1.0), seed=split_seed(5, split))
+        assert torch.equal(made.images, sets[split].images)
+        assert torch.equal(sets[split].labels, source[split].labels)
+        for i in range(0, len(made.images), 997):
+            r, c = made.corners[i].tolist()
+            assert torch.equal(sets[split].images[i, :, r:r + 28, c:c + 28], source[split].images[i])
+        corners[split] = made.corners[:1000]
+    assert not torch.equal(corners["train"], corners["test"])  # the splits' draws are not paired

@@ -24,6 +24,7 @@ from .tensors import TensorImageDataset
 DEFAULT_CANVAS = 64
 DEFAULT_SCALE_RANGE = (0.5, 2.0)
 CLUTTER_PATCH = 10  # side of a clutter patch, in source pixels
+SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,17 @@ def load_fashion_mnist_scaled(data_dir: Optional[str] = None, download: bool = T
     """
     source = fmnist.load_fashion_mnist(data_dir, download=download)
     out = {}
-    for k, split in enumerate(("train", "test")):
-        items = scale_onto_canvas(source[split].images, canvas, scale_range, clutter, seed=2 * seed + k)
+    for split in SPLITS:
+        items = scale_onto_canvas(source[split].images, canvas, scale_range, clutter, seed=split_seed(seed, split))
         out[split] = TensorImageDataset(items.images, source[split].labels, source[split].classes)
     return out
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The draw's seed of ``split`` ("train" or "test") in the set of ``seed``: each split has its own, so
+    :func:`scale_onto_canvas` with it remakes that split's items of :func:`load_fashion_mnist_scaled` together
+    with how each was made (factors, sides, corners)."""
+    return 2 * seed + SPLITS.index(split)
 
 
 def canvas_statistics(images: Tensor) -> Tuple[Tuple[float], Tuple[float]]:

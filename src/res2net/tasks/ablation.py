@@ -98,7 +98,8 @@ BUDGETS: Dict[str, Budget] = {
                     note="all variants x 3 seeds, 15 epochs on the whole training set at full resolution "
                     "(a GPU job: about 28 h on 2 CPU cores)"),
 }
-DATA_CARDS = {"fashion-mnist": "res2net20_cifar", "cifar100": "res2next29_6cx24wx4s"}
+DATA_CARDS = {"fashion-mnist": "res2net20_cifar", "fashion-mnist-scaled": "res2net20_cifar",
+              "cifar100": "res2next29_6cx24wx4s"}
 
 
 @dataclass
@@ -167,7 +168,8 @@ def train_run(run: Run, dataset: str, budget: Budget, run_dir: Path, overrides: 
             "params": count_params(model), "macs": count_macs(model, data.input_size, data.in_chans),
             "top1": result.metrics.get("top1"), "train_seconds": result.train_seconds, "epochs": result.epochs,
             "train_images": len(data.train), "test_images": len(data.test), "input_pool": budget.input_pool,
-            "batch_size": cfg.optim.batch_size}
+            "batch_size": cfg.optim.batch_size, "input_size": data.input_size, "in_chans": data.in_chans,
+            "num_classes": len(data.classes)}
 
 
 def sweep(runs: Sequence[Run], out: Path, dataset: str, budget: Budget, overrides: Sequence[str] = (),
@@ -252,9 +254,10 @@ def write_report(out: Path, records: Sequence[Dict[str, Any]], dataset: str, bud
     from ..reporting import md_table, write_csv
 
     first = records[0]
-    in_chans = 1 if dataset == "fashion-mnist" else 3
-    size = 28 if dataset == "fashion-mnist" else 32
-    n_cls = 10 if dataset == "fashion-mnist" else 100
+    cifar = dataset == "cifar100"  # the defaults serve records written before they carried these fields
+    in_chans = first.get("in_chans", 3 if cifar else 1)
+    size = first.get("input_size", 32 if cifar else 28)
+    n_cls = first.get("num_classes", 100 if cifar else 10)
     latency = variant_latency(list(dict.fromkeys(r["variant"] for r in records)), n_cls, in_chans, size,
                               first.get("input_pool", 1))
     rows = summarize(records, latency)
