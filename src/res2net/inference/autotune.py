@@ -103,10 +103,15 @@ def choose_backend(model: nn.Module, dtype: Union[torch.dtype, str] = torch.floa
     cached = _CHOICES.get(key) or (_load_cache().get(key) or {}).get("backend")
     kw = dict(calibration=calibration, input_size=shape[1], **build_kw)
     if cached in available_backends(name):
-        _CHOICES[key] = cached
-        built = build_backend(model, cached, name, **kw)
-        built.backend_choice = {"backend": cached, "cached": True}
-        return built
+        try:
+            built = build_backend(model, cached, name, **kw)
+        except Res2NetError as exc:  # the remembered choice cannot be built now: search again, naming every reason
+            log(f"auto: the cached choice {cached} failed ({exc}); trying every backend")
+            _CHOICES.pop(key, None)
+        else:
+            _CHOICES[key] = cached
+            built.backend_choice = {"backend": cached, "cached": True}
+            return built
     names = [b for b in available_backends(name) if b in (candidates or [b for b in BACKENDS if b != "inductor"])]
     if not names:
         raise BackendNotInstalled(f"no installed backend runs {name}: {EXTRA}")
