@@ -206,7 +206,7 @@ def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "", base: 
         raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
     types = _fields(schema)
     kwargs: Dict[str, Any] = {}
-    for key, value in _renamed_keys(schema, data, prefix).items():
+    for key, value in current_key_names(schema, data, prefix, note=True).items():
         full = prefix + str(key)
         if key not in types:
             raise ConfigError(f"unknown config key {full!r}; allowed: {', '.join(prefix + k for k in types)}")
@@ -220,41 +220,35 @@ def from_dict(schema: Type[T], data: Mapping[str, Any], prefix: str = "", base: 
     return dataclasses.replace(base, **kwargs) if base is not None else schema(**kwargs)
 
 
-def renamed_key(schema: Type[Any], key: str, prefix: str = "") -> str:
+def renamed_key(schema: Type[Any], key: str, prefix: str = "", note: bool = True) -> str:
     """The current name of ``key`` in ``schema``: a section lists its old key names in a ``RENAMED`` class
-    attribute (``{"data_dir": "root"}``); an old name gets a one-line note naming the new key."""
+    attribute (``{"data_dir": "root"}``); with ``note``, an old name gets a one-line note naming the new key."""
     new = getattr(schema, "RENAMED", {}).get(key)
     if new is None:
         return key
-    warnings.warn(f"config key {prefix + key!r} is now {prefix + new!r} (the old key still works)", FutureWarning,
-                  stacklevel=2)
+    if note:
+        warnings.warn(f"config key {prefix + key!r} is now {prefix + new!r} (the old key still works)",
+                      FutureWarning, stacklevel=3)
     return new
 
 
-def _renamed_keys(schema: Type[Any], data: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
-    """``data`` with old key names replaced by the current ones; an old and a new name together are refused."""
-    out: Dict[str, Any] = {}
-    for key, value in data.items():
-        new = renamed_key(schema, str(key), prefix)
-        if new in out:
-            raise ConfigError(f"config keys {prefix + str(key)!r} and {prefix + new!r} name the same setting; "
-                              f"keep {prefix + new!r}")
-        out[new] = value
-    return out
-
-
-def current_key_names(schema: Type[Any], data: Mapping[str, Any]) -> Dict[str, Any]:
-    """A config mapping written by an older version (e.g. a checkpoint's) with its renamed keys under their
-    current names, silently (what :func:`renamed_key` maps); unknown keys are kept as they are."""
+def current_key_names(schema: Type[Any], data: Any, prefix: str = "", note: bool = False) -> Any:
+    """A config mapping with its renamed keys (:func:`renamed_key`) under their current names, through every
+    section; an old and a new name of one setting together are refused; unknown keys are kept (:func:`from_dict`
+    names them). ``note``: a note per old name (a config the user wrote), else silent (a checkpoint's config
+    written by an older version)."""
     if not isinstance(data, Mapping):
         return data  # not a config: the caller's checks name it
     types = _fields(schema)
     out: Dict[str, Any] = {}
     for key, value in data.items():
-        key = getattr(schema, "RENAMED", {}).get(key, key)
-        tp = types.get(key)
-        out[key] = (current_key_names(tp, value) if tp is not None and dataclasses.is_dataclass(tp)
-                    and isinstance(value, Mapping) else value)
+        new = renamed_key(schema, str(key), prefix, note)
+        if new in out:
+            raise ConfigError(f"config keys {prefix + str(key)!r} and {prefix + new!r} name the same setting; "
+                              f"keep {prefix + new!r}")
+        tp = types.get(new)
+        out[new] = (current_key_names(tp, value, f"{prefix}{new}.", note)
+                    if tp is not None and dataclasses.is_dataclass(tp) else value)
     return out
 
 
