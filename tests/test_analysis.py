@@ -44,6 +44,17 @@ def test_complexity_small_model_and_bad_args(capsys: pytest.CaptureFixture[str])
     assert "--batch-size" in capsys.readouterr().err
 
 
+def test_complexity_refuses_a_users_folder_before_measuring(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from res2net.analysis import complexity
+
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.setattr(complexity, "complexity_rows", lambda *a, **k: pytest.fail("measured before the refusal"))
+    assert main(["complexity", "res2net20_cifar", "--out", str(tmp_path)]) == 2
+    assert "holds files res2net did not write (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 # ---- Grad-CAM ----------------------------------------------------------------------------------------------------
 def test_gradcam_matches_pytorch_grad_cam() -> None:
     from pytorch_grad_cam import GradCAM as PeerGradCAM

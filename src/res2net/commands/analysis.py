@@ -31,6 +31,8 @@ def cmd_complexity(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 2 (batch 1 is always measured), got {args.batch_size}")
     names = resolve_models(args.patterns or DEFAULT_PATTERNS)
     device = _device(args.device)
+    if args.out:
+        out_dir(args.out)  # a folder that cannot be the report's is refused before the measuring, not after
     rows = complexity_rows(names, args.input_size, args.batch_size, args.warmup, args.repeats,
                            memory=not args.no_memory, device=device, progress=not args.json and len(names) >= 2)
     if args.out:
