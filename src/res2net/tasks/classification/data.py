@@ -89,10 +89,11 @@ def load_data(cfg: DataSection, model_name: str, seed: int = 0, card: Optional[P
     if cfg.train_scales is not None and (not cfg.train_scales or any(not 0 < x <= 4 for x in cfg.train_scales)):
         raise ConfigError(f"data.train_scales must be a non-empty list of fractions of the input size in (0, 4]; "
                           f"got {cfg.train_scales}")
-    prep = dataset_preprocessing(cfg.dataset, card or card_preprocessing(model_name), cfg.input_size)
     scaled = _scaled_sets(cfg)
-    if scaled is not None:
+    if scaled is not None:  # the canvas side and the scaled set's own statistics
         prep = Preprocessing(scaled["train"].images.shape[-1], *canvas_statistics(scaled["train"].images))
+    else:
+        prep = dataset_preprocessing(cfg.dataset, card or card_preprocessing(model_name), cfg.input_size)
     if cfg.dataset in NATIVE_SIZES or scaled is not None:  # the in-memory sets
         sets = scaled or _tensor_sets(cfg.dataset, cfg.root, cfg.download)
         train, test = sets["train"], sets["test"]
