@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple, Type
+from typing import Any, Callable, Dict, Tuple, Type
 
-import torch
 from torch import nn
 
-from ..files import claim_folder
-from ..data.dense import load_rgb
-from ..data.photos import list_images
-from ..engine import Trainer, load_config
+from ..engine import load_config
 from ..jsonio import dumps_strict
 from ..errors import ConfigError
 from ..tasks.dense_config import NORMS
-from ..tasks.dense_task import DenseTask, load_trained, run_eval
+from ..tasks.dense_task import DenseTask, load_trained, predict_dense, run_eval, train_dense
 from ..tasks.detection import DetectionConfig, DetectionTask
 from ..tasks.saliency import SaliencyConfig, SaliencyTask
 from ..tasks.segmentation import SegmentationConfig, SegmentationTask
@@ -89,21 +85,10 @@ def cmd_train(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Names
     cfg = build_config(schema, args, extra)
     if args.steps is not None and args.epochs is not None and args.epochs != 1:
         raise ConfigError("--steps runs one epoch of that many steps; do not combine it with --epochs")
-    out = Path(args.out or "runs/" + task_cls.name)
-    task = task_cls(cfg, out)
-    trainer = Trainer(task, cfg, out, resume=args.resume)
-    task.dist = trainer.dist
-    if trainer.dist.is_main:
-        claim_folder(out)  # before the synthetic scenes go into <out>/data: never a folder of the user's
-    task.prepare_data()
-    result = trainer.fit()
-    if not trainer.dist.is_main:  # under torchrun only rank 0 evaluates and writes
-        return 0
-    if not task.report:  # resumed after the last epoch: evaluate the final weights
-        run_eval(task, result.model, cfg, next(result.model.parameters()).device)
-    path = task.write_reports(out)
-    print(dumps_strict(task.report, indent=None))
-    print(f"wrote {path}")
+    done = train_dense(task_cls, cfg, Path(args.out or "runs/" + task_cls.name), resume=args.resume)
+    if done is not None:
+        print(dumps_strict(done[0], indent=None))
+        print(f"wrote {done[1]}")
     return 0
 
 
@@ -130,13 +115,7 @@ def cmd_predict(task_cls: Type[DenseTask], schema: Type[Any], args: argparse.Nam
                 extra: Dict[str, Any]) -> int:
     """``predict``: PNG visualisations of the images under ``--input``."""
     task, model, _ = trained_task(task_cls, schema, args, extra)
-    files = list_images(Path(args.input))
-    task.out_dir.mkdir(parents=True, exist_ok=True)
-    written: List[Path] = []
-    with torch.no_grad():
-        for i in range(0, len(files), 8):
-            chunk = [(p, load_rgb(p)) for p in files[i:i + 8]]
-            written += task.predict_images(model, chunk, task.out_dir)
+    written = predict_dense(task, model, Path(args.input))
     print(f"wrote {len(written)} PNG file(s) to {task.out_dir}")
     return 0
 

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from ..data.scenes import GENERATOR_VERSION, generate_scenes
 from ..engine import Task
 from ..engine.distributed import barrier, dist_info_from_env
+from ..files import claim_folder
 from ..jsonio import write_json
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import get_spec
@@ -256,3 +257,39 @@ def run_eval(task: DenseTask, model: nn.Module, cfg: Any, device: Optional[torch
     with torch.no_grad():
         task.evaluate(model, loader, ctx)
     return task.report
+
+
+def train_dense(task_cls: Type[DenseTask], cfg: Any, out: Path, resume: Any = None
+                ) -> Optional[Tuple[Dict[str, Any], Path]]:
+    """``res2net detect|segment|saliency train``: fit ``cfg`` on the engine in ``out``, then evaluate the final
+    weights. Returns the final metrics and the path of ``metrics.json`` (None on the ranks of a torchrun job
+    other than the first, which alone evaluates and writes)."""
+    from ..engine import Trainer
+
+    task = task_cls(cfg, out)
+    trainer = Trainer(task, cfg, out, resume=resume)
+    task.dist = trainer.dist
+    if trainer.dist.is_main:
+        claim_folder(out)  # before the synthetic scenes go into <out>/data: never a folder of the user's
+    task.prepare_data()
+    result = trainer.fit()
+    if not trainer.dist.is_main:
+        return None
+    if not task.report:  # resumed after the last epoch: evaluate the final weights
+        run_eval(task, result.model, cfg, next(result.model.parameters()).device)
+    return task.report, task.write_reports(out)
+
+
+def predict_dense(task: DenseTask, model: nn.Module, images: Path, batch: int = 8) -> List[Path]:
+    """PNG visualisations of the images under ``images`` (a file or a folder) in ``task.out_dir`` (an output
+    folder of res2net's: :func:`res2net.files.claim_folder`)."""
+    from ..data.dense import load_rgb
+    from ..data.photos import list_images
+
+    files = list_images(images)
+    claim_folder(task.out_dir)
+    written: List[Path] = []
+    with torch.no_grad():
+        for i in range(0, len(files), batch):
+            written += task.predict_images(model, [(p, load_rgb(p)) for p in files[i:i + batch]], task.out_dir)
+    return written
