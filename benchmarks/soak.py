@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -134,6 +135,7 @@ def child(args: argparse.Namespace) -> None:
                     continue
                 print(json.dumps({"cycle": cycle, "step": step, "started": True}), flush=True)
                 if step == args.inject_crash:  # the soak's own test: a native crash must be caught and named
+                    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file of an intended crash
                     os.kill(os.getpid(), signal.SIGSEGV)
                 start = time.perf_counter()
                 try:

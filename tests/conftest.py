@@ -69,6 +69,45 @@ def pytest_testnodedown(node: Any, error: Optional[object]) -> None:
     log = _fault_log(os.getpid(), node.gateway.id)
     stacks = log.read_text(errors="replace").splitlines()[-60:] if log.is_file() else []
     log.unlink(missing_ok=True)
+    popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
+    native = _core_backtrace(popen.pid) if popen is not None and code is not None and code < 0 else []
     sys.stderr.write(f"\n[conftest] worker {node.gateway.id} went down ({error}): {how}\n"
                      + "".join(f"[conftest] dmesg: {line}\n" for line in lines)
-                     + "".join(f"[conftest] faulthandler: {line}\n" for line in stacks))
+                     + "".join(f"[conftest] faulthandler: {line}\n" for line in stacks)
+                     + "".join(f"[conftest] gdb: {line}\n" for line in native))
+
+
+def _core_file(pid: int) -> Optional[Path]:
+    """The core file the kernel wrote for process ``pid`` (core dumps are on in tools/pytest_parallel.sh), found
+    through /proc/sys/kernel/core_pattern; None where cores go to a program (systemd-coredump, apport) or none
+    was written."""
+    try:
+        pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    except OSError:
+        return None
+    if not pattern or pattern.startswith("|"):
+        return None
+    folder = Path(pattern).parent if "/" in pattern else Path.cwd()
+    prefix = Path(pattern).name.split("%")[0]
+    try:
+        found = [p for p in folder.iterdir() if p.name.startswith(prefix) and p.is_file()]
+    except OSError:
+        return None
+    return next((p for p in sorted(found, key=lambda p: -p.stat().st_mtime) if str(pid) in p.name),
+                found[0] if len(found) == 1 and found[0].name == prefix else None)
+
+
+def _core_backtrace(pid: int) -> List[str]:
+    """gdb's backtrace of the thread that crashed (the core's first thread) and the list of every thread, from
+    the core file of the dead worker ``pid``; the core is removed afterwards (it is gigabytes)."""
+    core = _core_file(pid)
+    if core is None:
+        return []
+    try:
+        proc = subprocess.run(["gdb", "-batch", "-nx", "-ex", "bt 40", "-ex", "info threads", sys.executable,
+                               str(core)], capture_output=True, text=True, timeout=600)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith(("#", " ", "*", "Id", "Program"))]
+    except (OSError, subprocess.SubprocessError) as exc:
+        lines = [f"could not read {core} with gdb: {exc}"]
+    core.unlink(missing_ok=True)
+    return lines[:120]

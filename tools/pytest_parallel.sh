@@ -8,7 +8,9 @@ python=$1
 shift
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-"$python" -m pytest -q -n 2 "$@" 2>&1 | tee "$log"
+# core dumps on for the workers only: a worker that dies of a signal leaves a core file, from which tests/conftest.py
+# prints gdb's backtrace of the thread that crashed (the Python stacks alone do not say which library it was in)
+(ulimit -c unlimited 2>/dev/null; exec "$python" -m pytest -q -n 2 "$@") 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ] && ! grep -q "^ERROR " "$log"; then
   crashed=$(grep -oP "worker '\w+' crashed while running '\K[^']+" "$log" | sort -u)
