@@ -39,10 +39,6 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import torch
 
-FP32_TOLERANCE = 1e-3  # max abs logit difference accepted from an fp32 backend
-BF16_TOLERANCE = 0.5  # bf16 logits of a random-weight model differ more; a crash or garbage is what is caught
-
-
 def _steps(name: str, input_size: int, work: Path) -> Iterator[Tuple[str, Callable[[], Dict[str, Any]]]]:
     """(step name, step) pairs of one cycle; each step returns what it measured."""
     import res2net
@@ -50,7 +46,8 @@ def _steps(name: str, input_size: int, work: Path) -> Iterator[Tuple[str, Callab
     from res2net.data.photos import sample_images
     from res2net.export import export_model
     from res2net.hardware import bf16_native
-    from res2net.inference.backends import available_backends
+    from res2net.inference.backends import MIN_INT8_AGREEMENT, available_backends
+    from res2net.inference.onnx import top1_agreement, verify_close
     from res2net.predict import Predictor
     from res2net.weights import preprocessing_of
 
@@ -62,28 +59,25 @@ def _steps(name: str, input_size: int, work: Path) -> Iterator[Tuple[str, Callab
     photos = [torch.nn.functional.interpolate(img[None], size=(input_size, input_size), mode="bilinear",
                                               align_corners=False) for _, img in sample_images()]
     batch = (torch.cat(photos) - mean) / std
-    with torch.no_grad():
-        expected = model(batch)
 
-    def run_backend(backend: str, dtype: Any, tolerance: float) -> Dict[str, Any]:
+    def run_backend(backend: str, dtype: Any) -> Dict[str, Any]:
+        """Build, then compare with eager by the library's own bounds (fp32 and bf16: scale-aware max abs
+        difference, raising beyond it; int8: top-1 agreement), batched and image by image."""
         fast = res2net.optimize(model, dtype=dtype, backend=backend, input_size=input_size,
                                 calibration=[batch] if dtype == "int8" else None)
-        with torch.no_grad():
-            got = torch.cat([fast(batch[i:i + 1]) for i in range(len(batch))]).float()
-            got_batch = fast(batch).float()
-        diff = float((got - expected).abs().max())
-        agreement = float((got.argmax(1) == expected.argmax(1)).float().mean())
+        one_by_one = lambda x: torch.cat([fast(x[i:i + 1]) for i in range(len(x))])  # noqa: E731
         if dtype == "int8":
-            ok = agreement >= 0.5
-        else:
-            ok = diff <= tolerance and float((got_batch - got).abs().max()) <= tolerance
-        return {"ok": ok, "backend": fast.backend, "max_abs_diff": diff, "top1_agreement": agreement}
+            agreement = min(top1_agreement(model, run, [batch]) for run in (fast, one_by_one))
+            return {"ok": agreement >= MIN_INT8_AGREEMENT, "backend": fast.backend, "top1_agreement": agreement}
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        diff = max(verify_close(f"{backend} {name}", model, run, batch, name) for run in (fast, one_by_one))
+        return {"ok": True, "backend": fast.backend, "max_abs_diff": diff}
 
     for backend in available_backends("fp32") + ["auto"]:
-        yield f"optimize {backend} fp32", lambda b=backend: run_backend(b, torch.float32, FP32_TOLERANCE)
-    yield "optimize auto int8", lambda: run_backend("auto", "int8", 0.0)
+        yield f"optimize {backend} fp32", lambda b=backend: run_backend(b, torch.float32)
+    yield "optimize auto int8", lambda: run_backend("auto", "int8")
     if bf16_native():
-        yield "optimize auto bf16", lambda: run_backend("auto", torch.bfloat16, BF16_TOLERANCE)
+        yield "optimize auto bf16", lambda: run_backend("auto", torch.bfloat16)
 
     def predict() -> Dict[str, Any]:
         folder = work / "photos"
@@ -101,10 +95,10 @@ def _steps(name: str, input_size: int, work: Path) -> Iterator[Tuple[str, Callab
     def export(fmt: str, suffix: str) -> Dict[str, Any]:
         out = work / f"model.{suffix}"
         diffs = export_model(model, out, fmt, input_size=input_size, mean=prep.mean, std=prep.std,
-                             in_chans=batch.shape[1])
+                             in_chans=batch.shape[1])  # verified by the exporter's own bounds (raises beyond)
         for path in work.glob("model.*"):
             path.unlink()
-        return {"ok": all(v <= FP32_TOLERANCE for v in diffs.values()), "max_abs_diff": max(diffs.values())}
+        return {"ok": True, "max_abs_diff": max(diffs.values())}
 
     for fmt, suffix in (("onnx", "onnx"), ("openvino", "xml"), ("torchscript", "pt")):
         yield f"export {fmt}", lambda f=fmt, s=suffix: export(f, s)
