@@ -13,6 +13,7 @@ from ..files import claim_folder
 from ..data.dense import load_rgb
 from ..data.photos import list_images
 from ..engine import Trainer, load_config
+from ..engine.config import refuse_contradictions
 from ..jsonio import dumps_strict
 from ..errors import ConfigError
 from ..tasks.dense_config import NORMS
@@ -80,6 +81,7 @@ def build_config(schema: Type[Any], args: argparse.Namespace, extra: Dict[str, A
     if args.steps is not None and args.epochs is None:
         values["run.epochs"] = 1
     values.update(extra)
+    refuse_contradictions(values, args.overrides)
     return load_config(schema, args.config, args.overrides, values)
 
 
