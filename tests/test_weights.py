@@ -337,3 +337,39 @@ def test_a_hand_edited_config_json_is_validated(tmp_path: Path) -> None:
         (folder / CONFIG_FILE).write_text(json.dumps(config))
         with pytest.raises(CheckpointError, match=f"config.json: .*{re.escape(needle)}"):
             res2net.load_model(folder)
+
+
+def test_nan_weights_and_a_timm_copy_edited_alone_are_refused(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22 probe: NaN weights loaded and predicted "prob nan"; config.json's timm copy (``num_classes``,
+    ``pretrained_cfg.mean``: what timm and transformers read) edited by hand was ignored by res2net; a cache folder
+    that is a file was listed as an empty cache. Each is refused, naming the file."""
+    from res2net.weights.hub import CONFIG_FILE
+    from res2net.weights.load import load_state_dict_strict
+    from res2net.weights.sources import cache_root
+
+    model = res2net.create_model(MODEL)
+    state = model.state_dict()
+    state["layer1.0.bn1.running_var"] = torch.full_like(state["layer1.0.bn1.running_var"], float("nan"))
+    with pytest.raises(CheckpointError, match="w.pt .*1 tensors with NaN or infinite values: layer1.0.bn1"):
+        load_state_dict_strict(model, state, "w.pt")
+
+    folder = save_pretrained(randomize_norms(res2net.create_model(MODEL, num_classes=3)), tmp_path / "m",
+                             classes=["a", "b", "c"])
+    good = json.loads((folder / CONFIG_FILE).read_text())
+    for edit, needle in ((lambda c: c.update(num_classes=7), "num_classes is 7"),
+                         (lambda c: c["pretrained_cfg"].update(mean=[0.5, 0.5]), "pretrained_cfg.mean is [0.5, 0.5]")):
+        config = json.loads(json.dumps(good))
+        edit(config)
+        (folder / CONFIG_FILE).write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match=f"config.json: {re.escape(needle)}"):
+            res2net.load_model(folder)
+    (folder / CONFIG_FILE).write_text(json.dumps(good))
+    res2net.load_model(folder)  # the file as written loads
+
+    (tmp_path / "c").write_text("x")
+    with pytest.raises(CheckpointError, match="--cache-dir .* is a file"):
+        cache_root(tmp_path / "c")
+    monkeypatch.setenv("RES2NET_CACHE", str(tmp_path / "c"))
+    with pytest.raises(CheckpointError, match=r"\$RES2NET_CACHE .* is a file"):
+        cache_root()

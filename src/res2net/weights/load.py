@@ -104,10 +104,14 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
     # an integer or bool tensor where the model holds real numbers would be cast silently by load_state_dict
     not_real = [f"{k}: {state_dict[k].dtype}" for k, v in own.items() if k in state_dict and v.is_floating_point()
                 and not (state_dict[k].is_floating_point() or state_dict[k].is_complex())]
-    if missing or unexpected or mismatched or not_real:
+    # a NaN or infinite weight makes every prediction NaN without a word
+    not_finite = [k for k in own if k in state_dict and state_dict[k].is_floating_point()
+                  and not bool(torch.isfinite(state_dict[k]).all())]
+    if missing or unexpected or mismatched or not_real or not_finite:
         parts = []
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched), ("integer or bool tensors for real weights", not_real)):
+                             ("shape mismatches", mismatched), ("integer or bool tensors for real weights", not_real),
+                             ("tensors with NaN or infinite values", not_finite)):
             if items:
                 more = f" ... (+{len(items) - 10} more)" if len(items) > 10 else ""
                 parts.append(f"{len(items)} {label}: {', '.join(items[:10])}{more}")
