@@ -94,7 +94,7 @@ def test_pretrained_true_falls_back_to_timms_hub_copy(tmp_path: Path, ours: str,
     torch.save(x, tmp_path / "x.pt")
     proc = run_offline(tmp_path, ours, "True", str(tmp_path / "x.pt"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "nonexistent" in proc.stderr and "trying the next source" in proc.stderr
+    assert "nonexistent" in proc.stderr and f"used hf-hub:timm/{timm_name}.in1k instead" in proc.stderr
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "x.pt.out"), peer(x), rtol=1e-4, atol=1e-4)
 
@@ -373,3 +373,20 @@ def test_nan_weights_and_a_timm_copy_edited_alone_are_refused(tmp_path: Path,
     monkeypatch.setenv("RES2NET_CACHE", str(tmp_path / "c"))
     with pytest.raises(CheckpointError, match=r"\$RES2NET_CACHE .* is a file"):
         cache_root()
+
+
+def test_sources_that_all_fail_are_said_once_and_a_hub_error_names_the_repository(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22 probe: a failing official file was printed as a warning and then again in the error (two lines);
+    an unreachable hf-hub:ORG/REPO was reported as "model.safetensors: LocalEntryNotFoundError", no repository."""
+    from res2net.weights import sources
+
+    missing = [sources.Source("file", str(tmp_path / f"w{i}.pth")) for i in range(2)]
+    monkeypatch.setattr(sources, "known_sources", lambda name: missing)
+    with pytest.raises(CheckpointError, match="no weights for res2net17_slim: .*w0.pth.* | .*w1.pth"):
+        sources.fetch_first(MODEL, True)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="^hf-hub:nobody/nothing: "):
+        res2net.load_model("hf-hub:nobody/nothing", cache_dir=tmp_path / "cache")

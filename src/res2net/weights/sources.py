@@ -214,7 +214,7 @@ def _hub_file(repo: str, revision: Optional[str], cache_dir: Optional[Union[str,
                                         library_name="res2net"))
         except Exception as exc:  # EntryNotFound, RepositoryNotFound, LocalEntryNotFound (offline), HTTP errors
             reasons.append(f"{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    raise CheckpointError(f"hf-hub:{repo}{'@' + revision if revision else ''}: " + "; ".join(reasons))
+    raise CheckpointError("; ".join(reasons))
 
 
 def _read_our_config(path: Path) -> Dict[str, Any]:
@@ -361,13 +361,15 @@ def fetch_first(name: str, pretrained: Pretrained, cache_dir: Optional[Union[str
     else:
         raise ValueError(f"pretrained must be True, False, a path, a URL or hf-hub:ORG/REPO, got {pretrained!r}")
     failures = []
-    for i, source in enumerate(sources):
+    for source in sources:
         try:
-            return fetch_weights(source, cache_dir)
+            fetched = fetch_weights(source, cache_dir)
         except CheckpointError as exc:
             failures.append(f"{source}: {exc}")
-            if i + 1 < len(sources):
-                print(f"warning: weights for {name}: {source}: {exc}; trying the next source", file=sys.stderr)
+            continue
+        for failure in failures:  # said only when a later source worked; else the error below lists them once
+            print(f"warning: weights for {name}: {failure}; used {source} instead", file=sys.stderr)
+        return fetched
     raise CheckpointError(f"no weights for {name}: " + " | ".join(failures))
 
 
