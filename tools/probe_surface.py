@@ -91,7 +91,7 @@ def refuse(id: str, cls: int, setup: Sequence[Tuple[Any, ...]], cmd: Sequence[st
 
 IMG = ("fixture", "img.png", "img.png")
 SD = ("fixture", "sd.pth", "sd.pth")  # res2net17_slim: loads, but no other layout holds it (convert refuses it)
-BIG = ("fixture", "big.pth", "big.pth")  # res2net50_18w_4s: a model convert knows
+BIG = ("fixture", "big.pth", "big.pth")  # res2net50_18w_4s: a model convert knows (layouts official, mmpretrain)
 CONVERTIBLE = "res2net50_18w_4s"
 RUN = ("fixture", "run", "run")
 SEG = ("fixture", "seg", "seg")
@@ -115,7 +115,8 @@ CASES: List[Case] = [
     refuse("convert-dst-symlink-src", 1, [SD, ("symlink", "sd.pth", "ln.pth")],
            R("convert", "sd.pth", "ln.pth", "--to", "timm", "--overwrite"), "ln.pth", keep=["sd.pth"]),
     Case("convert-overwrite-symlink-keeps-target", 1, [BIG, ("write", "target.txt", "mine\n"),
-         ("symlink", "target.txt", "dst.pth")], R("convert", "big.pth", "dst.pth", "--to", "timm", "--overwrite"),
+         ("symlink", "target.txt", "dst.pth")], R("convert", "big.pth", "dst.pth", "--to", "mmpretrain",
+                                                    "--overwrite"),
          "ok", keep=["big.pth", "target.txt"]),
     refuse("export-out-is-checkpoint", 1, [RUN], R("export", "--model", MODEL, "--checkpoint", CKPT, "--format",
            "torchscript", "--out", CKPT, "--overwrite"), "best.pt", keep=[CKPT]),
@@ -209,7 +210,7 @@ CASES: List[Case] = [
     refuse("convert-format-vs-ext", 3, [SD], R("convert", "sd.pth", "o.pth", "--to", "timm", "--format",
            "safetensors"), "o.pth"),
     refuse("convert-int-tensors", 3, [("torch", "int.pth", "{k: v.to(torch.int64) for k, v in big.items()}")],
-           R("convert", "int.pth", "o.pth", "--to", "timm"), "int.pth"),
+           R("convert", "int.pth", "o.pth", "--to", "mmpretrain"), "int.pth"),
     refuse("convert-not-a-state-dict", 3, [("torch", "list.pth", "[1, 2, 3]")],
            R("convert", "list.pth", "o.pth", "--to", "timm"), "list.pth"),
     refuse("eval-empty-checkpoint", 3, [("write", "e.pt", "")], R("eval", "--checkpoint", "e.pt"), "e.pt"),
@@ -246,7 +247,7 @@ CASES: List[Case] = [
     refuse("predict-backend-cuda", 4, [RUN, IMG], PRED + ["img.png", "--backend", "eager", "--device", "cuda"],
            "device"),
 
-    # ---- 5: prediction inputs (a tensor breaking the convention is skipped, named and warned about) -----------------------------------------------------------------------------
+    # ---- 5: prediction inputs (a tensor breaking the convention: skipped, named, warned about) ---------
     Case("tensor-4-channels", 5, [RUN], py_pred("torch.rand(4, 28, 28)"), "warn", ("channel",)),
     Case("tensor-0-255-float", 5, [RUN], py_pred("torch.rand(1, 28, 28) * 255"), "warn", ("[0, 1]",)),
     Case("tensor-bool", 5, [RUN], py_pred("torch.ones(1, 28, 28, dtype=torch.bool)"), "warn", ("bool",)),
@@ -278,7 +279,8 @@ CASES: List[Case] = [
            "synthetic", "--out", "o"), "classification"),
     refuse("export-parent-is-file", 6, [("write", "afile", "x\n")], R("export", "--model", MODEL, "--format",
            "torchscript", "--out", "afile/m.pt"), "afile", keep=["afile"]),
-    refuse("convert-name-too-long", 6, [BIG], R("convert", "big.pth", "x" * 250 + ".pth", "--to", "timm"), "xxxxx",
+    refuse("convert-name-too-long", 6, [BIG], R("convert", "big.pth", "x" * 250 + ".pth", "--to", "mmpretrain"),
+           "xxxxx",
            forbid=(".tmp",)),
     refuse("config-is-folder", 6, [("mkdir", "conf.d")], R("train", "--model", MODEL, *SMALL, "--out", "out",
            "--config", "conf.d"), "conf.d", forbid=("does not exist",)),
@@ -293,10 +295,11 @@ CASES: List[Case] = [
            "res2net20_cifar", "--steps", "1", "--out", "o"), "res2net20_cifar"),
     refuse("cam-bad-layer", 6, [IMG], R("cam", "--model", MODEL, "--layer", "nosuch", "img.png", "--out", "c"),
            "nosuch"),
-    Case("export-sigterm", 6, [], R("export", "--model", MODEL, "--format", "onnx", "--out", "m.onnx"), "signal",
-         signal_after=(signal.SIGTERM, 9.0)),
-    Case("convert-sigint", 6, [BIG], R("convert", "big.pth", "o.safetensors", "--to", "timm"), "signal",
-         signal_after=(signal.SIGINT, 6.0), keep=["big.pth"]),
+    Case("export-sigterm", 6, [], R("export", "--model", "res2net50_26w_4s", "--format", "onnx", "--out",
+         "m.onnx"), "signal", signal_after=(signal.SIGTERM, 10.0), timeout=150,
+         note="a signal after the work ends meets Python's finalization (SIG_DFL): the command must still be busy"),
+    Case("convert-sigint", 6, [BIG], R("convert", "big.pth", "o.safetensors", "--to", "mmpretrain"), "signal",
+         signal_after=(signal.SIGINT, 5.0), keep=["big.pth"]),
 
     # ---- 7: contradicting flags ---------------------------------------------------------------------------
     refuse("train-epochs-vs-set", 7, [], R("train", "--model", MODEL, *SMALL, "--out", "out", "--set",
