@@ -215,3 +215,11 @@ def test_ablation_command_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert [v["variant"] for v in summary["variants"]] == ["bottleneck", "48w2s"]
     assert {"report.md", "fig4.png", "summary.csv"} <= {p.name for p in out.iterdir()}
     assert "48w2s" in (out / "report.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_ablation_refuses_a_missing_device_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 22 probe: ``ablation --device cuda`` drew the sweep's progress bar before its error line."""
+    assert main(["ablation", "--variants", "s2", "--device", "cuda", "--out", str(tmp_path / "abl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device" in err[0]

@@ -173,3 +173,23 @@ def test_direct_peer_rows_compute_what_ours_computes(tmp_path) -> None:
     assert set(DIRECT_PEERS) == {"onnxruntime-direct", "openvino-direct", "zentorch"}
     info = machine_info(torch.device("cpu"))
     assert info["cpu_class"].split()[0] == res2net.hardware.detect().cpu.isa
+
+
+def test_bench_refuses_a_users_folder_an_empty_model_list_and_runtimes_with_train_only(
+        tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 22 probe: ``bench --out`` replaced a user's own bench.json, ``--models ,`` timed nothing and exited 0,
+    ``--train-only --runtimes onnxruntime`` ignored the runtimes; each is refused before any timing."""
+    from res2net.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "bench.json").write_text("{}\n")
+    fast = ["--models", "res2net17_slim", "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--no-peers",
+            "--no-roofline", "--no-memory", "--input-size", "32"]
+    assert main(["bench", *fast, "--out", str(mine)]) == 2
+    assert "did not write" in capsys.readouterr().err and (mine / "bench.json").read_text() == "{}\n"
+    assert main(["bench", *fast, "--train-only", "--runtimes", "onnxruntime"]) == 2
+    assert "--runtimes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--models", ","])
+    assert "comma-separated names" in capsys.readouterr().err

@@ -189,3 +189,17 @@ def test_convert_never_writes_over_its_source_nor_an_existing_file_unasked(offic
     assert main(["convert", str(copy), str(other), "--to", "timm", "--overwrite"]) == 0
     assert read_state_dict(other)
     assert sorted(os.listdir(tmp_path)) == ["a.pth", "user.pth"]
+
+
+def test_integer_or_nan_weights_are_refused_for_every_target(official_file, tmp_path, capsys):
+    """Issue 22 probe: an int64 state_dict converted to mmpretrain (a layout checked by keys and shapes only) was
+    written without a word; integer, bool and NaN tensors are refused naming SRC, whatever the target."""
+    _, state = official_file
+    for name, edit in (("int.pth", lambda s: {k: v.to(torch.int64) for k, v in s.items()}),
+                       ("nan.pth", lambda s: {**s, "fc.weight": torch.full_like(s["fc.weight"], float("nan"))})):
+        src = tmp_path / name
+        torch.save(edit(state), src)
+        assert main(["convert", str(src), str(tmp_path / f"o-{name}"), "--to", "mmpretrain"]) == 2
+        err = capsys.readouterr().err
+        assert str(src) in err and ("integer or bool" in err if name == "int.pth" else "NaN" in err), err
+        assert not (tmp_path / f"o-{name}").exists()

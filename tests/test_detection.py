@@ -215,3 +215,14 @@ def test_detect_cli_end_to_end(tmp_path, capsys):
     # a user error is one line, exit code 2
     assert main(["detect", "eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_score_thresholds_are_probabilities() -> None:
+    """Issue 22 probe: ``model.predict_score_thresh=1.5`` was taken and drew nothing; a threshold is in [0, 1]."""
+    from res2net.engine.config import load_config
+    from res2net.errors import ConfigError
+    from res2net.tasks.detection import DetectionConfig
+
+    for key in ("predict_score_thresh", "box_score_thresh"):
+        with pytest.raises(ConfigError, match=key):
+            load_config(DetectionConfig, None, [f"model.{key}=1.5"])

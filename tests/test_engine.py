@@ -298,7 +298,10 @@ def test_contradicting_settings_are_refused() -> None:
 
     with pytest.raises(ConfigError, match="linear_probe .* freezes every stage; model.frozen_stages=1"):
         load_config(ClassificationConfig, "fashion_mnist", ["model.linear_probe=true", "model.frozen_stages=1"])
-    assert load_config(ClassificationConfig, "fashion_mnist", ["model.linear_probe=true"]).model.linear_probe
+    assert load_config(ClassificationConfig, "fashion_mnist",
+                       ["model.linear_probe=true", "model.pretrained=w.pth"]).model.linear_probe
+    with pytest.raises(ConfigError, match="linear_probe .* give model.pretrained"):
+        load_config(ClassificationConfig, "fashion_mnist", ["model.linear_probe=true"])
     with pytest.raises(ConfigError, match="model.name is an empty list"):
         load_config(ClassificationConfig, "fashion_mnist", ["model.name=[]"])
 
@@ -355,3 +358,12 @@ def test_resume_with_another_seed_layout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"several seeds \(seed0, seed1\); give --seeds 2"):
         _check_seed_layout(tmp_path, ["m"], 1)
     _check_seed_layout(tmp_path, ["m"], 2)
+
+
+def test_a_config_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    """Issue 22 probe: ``--config conf.d`` (a folder) was reported as a file that "does not exist"."""
+    from res2net.engine.config import read_recipe
+
+    (tmp_path / "conf.d").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        read_recipe(str(tmp_path / "conf.d"))

@@ -173,3 +173,18 @@ def test_a_users_folder_with_files_is_never_an_output_folder(tmp_path: Path) -> 
     assert claim_folder(ours) == ours and claim_folder(ours) == ours  # created, marked, claimed again
     (ours / "report.md").write_text("ours")
     assert claim_folder(ours) == ours
+
+
+def test_a_temporary_that_cannot_be_made_names_the_destination(tmp_path: Path) -> None:
+    """Issue 22 probe: a DST name of 250 characters failed with "File name too long" naming the temporary
+    (``.xxx....tmp``), not the user's path: the temporary's own name is longer than the destination's."""
+    dest = tmp_path / ("x" * 250 + ".pth")
+    for kwargs in ({}, {"directory": True}):
+        with pytest.raises(OSError) as caught:
+            with atomic_write(dest, **kwargs):
+                pass
+        assert caught.value.errno == errno.ENAMETOOLONG and caught.value.filename == str(dest)
+    with pytest.raises(OSError) as caught:
+        with scratch_folder(dest):
+            pass
+    assert caught.value.filename == str(dest) and list(tmp_path.iterdir()) == []

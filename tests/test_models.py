@@ -476,7 +476,7 @@ def test_input_checks():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(output_stride=12), "output_stride must be one of"),
+    (dict(output_stride=12), "output_stride 12 is not possible"),
     (dict(features_only=True, out_indices=(0, 7)), "out_indices"),
     (dict(in_chans=0), "in_chans"),
     (dict(num_classes=-1), "num_classes"),

@@ -48,8 +48,9 @@ def test_predict_folder_with_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFi
 def test_predictor_tensor_convention_and_a_walk_that_never_hangs(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Tensors: float in [0, 1] or uint8, (C, H, W) with C = 1 or 3; a NaN, out-of-range, wrong-channel, empty or
-    integer tensor is skipped and named (was: "prob nan"). The walk skips a looping link, an unreadable folder
-    and an oversized file, names each, and classifies the rest."""
+    integer tensor is skipped, named by its position and warned about (was: "prob nan"; then skipped without a
+    word, and the records after it numbered wrongly). The walk skips a looping link, an unreadable folder and an
+    oversized file, names each, and classifies the rest."""
     from res2net import predict as predict_module
 
     model = randomize_norms(res2net.create_model(MODEL, num_classes=3))
@@ -58,8 +59,11 @@ def test_predictor_tensor_convention_and_a_walk_that_never_hangs(tmp_path: Path,
     good = torch.rand(3, 32, 32)
     bad = {"nan": torch.full((3, 8, 8), float("nan")), "range": good * 255, "channels": torch.rand(4, 8, 8),
            "empty": torch.rand(3, 0, 8), "int": torch.ones(3, 8, 8, dtype=torch.int64)}
-    records = p.predict([good, (good * 255).round().to(torch.uint8), *bad.values()])
+    with pytest.warns(UserWarning) as caught:
+        records = p.predict([good, *bad.values(), (good * 255).round().to(torch.uint8)])
     assert len(records) == 2 and all(math.isfinite(t["prob"]) for r in records for t in r["topk"])
+    assert [r["file"] for r in records] == ["<tensor 0>", "<tensor 6>"]
+    assert sorted(str(w.message).split(":")[0] for w in caught) == [f"skipped <tensor {i}>" for i in range(1, 6)]
     assert records[0]["topk"][0]["prob"] == pytest.approx(records[1]["topk"][0]["prob"], abs=1e-2)
     reasons = [reason for _, reason in p.skipped]
     for needle in ("NaN", "float images are in [0, 1]", "C = 1 or 3", "empty image", "dtype torch.int64"):
@@ -84,3 +88,18 @@ def test_predictor_tensor_convention_and_a_walk_that_never_hangs(tmp_path: Path,
     named = " ".join(f"{a} {b}" for a, b in skipped)
     assert "self.png" in named and "big.png" in named and "too large" in named
     assert ("locked" in named) == locked
+
+
+def test_topk_beyond_the_classes_warns_and_one_unreadable_file_is_one_line(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """Issue 22 probe: ``--topk 50`` on a 3-class model showed 3 without a word; a single file that is no image
+    printed a warning naming it and then an error that did not."""
+    model = randomize_norms(res2net.create_model(MODEL, num_classes=3))
+    folder = save_pretrained(model, tmp_path / "m", MODEL, classes=["a", "b", "c"])
+    with pytest.warns(UserWarning, match="topk=50 but res2net17_slim has 3 classes"):
+        p = res2net.Predictor(str(folder), topk=50)
+    assert p.topk == 3 and res2net.Predictor(str(folder)).topk == 3  # the default asks for no more than there is
+    (tmp_path / "x.jpg").write_text("nope")
+    assert main(["predict", str(tmp_path / "x.jpg"), "--pretrained", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "x.jpg" in err[0] and "cannot" in err[0]

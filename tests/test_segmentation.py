@@ -85,3 +85,12 @@ def test_segment_cli_end_to_end(tmp_path, capsys):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "is a segmentation checkpoint, not a classifier's: use `res2net segment predict/eval`" in err, err
+
+
+def test_a_backbone_that_cannot_give_the_stride_is_named(tmp_path, capsys) -> None:
+    """Issue 22 probe: a CIFAR-stem backbone got "output_stride must be one of (4,)", naming neither the model nor
+    a value the user could pass."""
+    assert main(["segment", "train", "--data", "synthetic", "--model", "res2net20_cifar", "--steps", "1",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "res2net20_cifar" in err and "output_stride 16" in err and len(err.strip().splitlines()) == 1

@@ -196,3 +196,30 @@ def test_seed_statistics_hand_checked() -> None:
     wide = seed_statistics({"a": [0.93, 0.94, 0.95, 0.93, 0.94], "b": [0.90, 0.90, 0.91, 0.90, 0.91]}, [("a", "b")])
     assert wide["pairs"][0]["excludes_zero"]
     assert t_critical(1) == 12.706 and t_critical(4) == 2.776 and t_critical(100) == 1.96
+
+
+def test_eval_never_writes_over_its_checkpoint_or_a_users_file(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """Issue 22 probe: ``eval --out best.pt`` replaced the checkpoint with JSON, and an existing --out file of the
+    user's was replaced without --overwrite; both are refused before anything is evaluated."""
+    ckpt, mine = tmp_path / "best.pt", tmp_path / "res.json"
+    ckpt.write_bytes(b"checkpoint bytes")
+    mine.write_text('{"mine": 1}\n')
+    assert main(["eval", "--checkpoint", str(ckpt), "--out", str(ckpt), "--overwrite"]) == 2
+    assert "own input" in capsys.readouterr().err and ckpt.read_bytes() == b"checkpoint bytes"
+    assert main(["eval", "--checkpoint", str(ckpt), "--out", str(mine)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and mine.read_text() == '{"mine": 1}\n'
+
+
+def test_a_flag_and_a_set_of_the_same_key_must_agree(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 22 probe: ``--epochs 1 --set run.epochs=3`` trained 3 epochs without a word (the flag ignored), and
+    ``--linear-probe`` without weights trained a classifier on random features; both are refused."""
+    out = str(tmp_path / "out")
+    small = ["--model", "res2net17_slim", "--train-subset", "8", "--set", "data.test_subset=8", "--workers", "0",
+             "--quiet", "--out", out]  # quick where the old code trained
+    assert main(["train", *small, "--epochs", "1", "--set", "run.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "run.epochs=3" in err and "contradicts" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", *small, "--epochs", "1", "--set", "run.epochs=1", "--linear-probe"]) == 2
+    assert "--pretrained" in capsys.readouterr().err
+    assert not Path(out).exists()

@@ -94,7 +94,7 @@ def test_pretrained_true_falls_back_to_timms_hub_copy(tmp_path: Path, ours: str,
     torch.save(x, tmp_path / "x.pt")
     proc = run_offline(tmp_path, ours, "True", str(tmp_path / "x.pt"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "nonexistent" in proc.stderr and "trying the next source" in proc.stderr
+    assert "nonexistent" in proc.stderr and f"used hf-hub:timm/{timm_name}.in1k instead" in proc.stderr
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "x.pt.out"), peer(x), rtol=1e-4, atol=1e-4)
 
@@ -337,3 +337,56 @@ def test_a_hand_edited_config_json_is_validated(tmp_path: Path) -> None:
         (folder / CONFIG_FILE).write_text(json.dumps(config))
         with pytest.raises(CheckpointError, match=f"config.json: .*{re.escape(needle)}"):
             res2net.load_model(folder)
+
+
+def test_nan_weights_and_a_timm_copy_edited_alone_are_refused(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22 probe: NaN weights loaded and predicted "prob nan"; config.json's timm copy (``num_classes``,
+    ``pretrained_cfg.mean``: what timm and transformers read) edited by hand was ignored by res2net; a cache folder
+    that is a file was listed as an empty cache. Each is refused, naming the file."""
+    from res2net.weights.hub import CONFIG_FILE
+    from res2net.weights.load import load_state_dict_strict
+    from res2net.weights.sources import cache_root
+
+    model = res2net.create_model(MODEL)
+    state = model.state_dict()
+    state["layer1.0.bn1.running_var"] = torch.full_like(state["layer1.0.bn1.running_var"], float("nan"))
+    with pytest.raises(CheckpointError, match="w.pt .*1 tensors with NaN or infinite values: layer1.0.bn1"):
+        load_state_dict_strict(model, state, "w.pt")
+
+    folder = save_pretrained(randomize_norms(res2net.create_model(MODEL, num_classes=3)), tmp_path / "m",
+                             classes=["a", "b", "c"])
+    good = json.loads((folder / CONFIG_FILE).read_text())
+    for edit, needle in ((lambda c: c.update(num_classes=7), "num_classes is 7"),
+                         (lambda c: c["pretrained_cfg"].update(mean=[0.5, 0.5]), "pretrained_cfg.mean is [0.5, 0.5]")):
+        config = json.loads(json.dumps(good))
+        edit(config)
+        (folder / CONFIG_FILE).write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match=f"config.json: {re.escape(needle)}"):
+            res2net.load_model(folder)
+    (folder / CONFIG_FILE).write_text(json.dumps(good))
+    res2net.load_model(folder)  # the file as written loads
+
+    (tmp_path / "c").write_text("x")
+    with pytest.raises(CheckpointError, match="--cache-dir .* is a file"):
+        cache_root(tmp_path / "c")
+    monkeypatch.setenv("RES2NET_CACHE", str(tmp_path / "c"))
+    with pytest.raises(CheckpointError, match=r"\$RES2NET_CACHE .* is a file"):
+        cache_root()
+
+
+def test_sources_that_all_fail_are_said_once_and_a_hub_error_names_the_repository(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22 probe: a failing official file was printed as a warning and then again in the error (two lines);
+    an unreachable hf-hub:ORG/REPO was reported as "model.safetensors: LocalEntryNotFoundError", no repository."""
+    from res2net.weights import sources
+
+    missing = [sources.Source("file", str(tmp_path / f"w{i}.pth")) for i in range(2)]
+    monkeypatch.setattr(sources, "known_sources", lambda name: missing)
+    with pytest.raises(CheckpointError, match="no weights for res2net17_slim: .*w0.pth.* | .*w1.pth"):
+        sources.fetch_first(MODEL, True)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="^hf-hub:nobody/nothing: "):
+        res2net.load_model("hf-hub:nobody/nothing", cache_dir=tmp_path / "cache")

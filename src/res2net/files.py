@@ -202,13 +202,28 @@ def _errors_name(tmp: Path, dest: Path) -> Iterator[None]:
         raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(dest)) from exc
 
 
+def _temporary(dest: Path, suffix: str = "", directory: bool = False) -> Path:
+    """A new temporary file (or folder) beside ``dest``, named ``.<dest name>.<random><suffix>``; an error in making
+    it (a name too long, a full disk, a read-only folder) names ``dest``, never the temporary."""
+    try:
+        if directory:
+            return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent))
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(dest)) from exc
+    os.close(fd)
+    return Path(name)
+
+
 @contextmanager
 def scratch_folder(dest: PathLike) -> Iterator[Path]:
     """An empty temporary folder beside ``dest`` for work files of a write (removed when the block ends,
     whatever ends it); the finished files go to their places with :func:`publish`. Errors name ``dest``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = _temporary(dest, ".tmp", directory=True)
     try:
         with _errors_name(tmp, dest):
             yield tmp
@@ -233,12 +248,7 @@ def atomic_write(dest: PathLike, suffix: str = "", directory: bool = False,
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
-        os.close(fd)
-        tmp = Path(name)
+    tmp = _temporary(dest, ".tmp" if directory else f".tmp{suffix}", directory)
     try:
         with _errors_name(tmp, dest):
             yield tmp

@@ -28,6 +28,7 @@ from .weights import load_model, preprocessing_of
 ImageInput = Union[str, Path, Tensor]
 Record = Dict[str, Any]
 TTA = (None, "flip")
+DEFAULT_TOPK = 5  # classes per record unless topk= says otherwise (fewer when the model has fewer)
 
 
 def imagenet_classes() -> List[str]:
@@ -48,7 +49,7 @@ def image_tensor(img: Tensor, label: str = "tensor") -> Tensor:
     if not isinstance(img, Tensor):
         raise ValueError(f"{label}: expected an image file or tensor, got {type(img).__name__}")
     if img.dim() != 3 or img.shape[0] not in (1, 3):
-        raise ValueError(f"{label}: expected an image tensor (C, H, W) with C = 1 or 3, got shape "
+        raise ValueError(f"{label}: expected an image tensor (C, H, W) with C = 1 or 3 channels, got shape "
                          f"{tuple(img.shape)}")
     if img.shape[1] < 1 or img.shape[2] < 1:
         raise ValueError(f"{label}: empty image, shape {tuple(img.shape)}")
@@ -144,9 +145,9 @@ class Predictor:
             weights: a checkpoint of ``res2net train``, a save_pretrained or run folder, ``hf-hub:ORG/REPO``, a
             URL, ``"official"`` (the published weights of ``name``).
         name: the zoo model (needed for sources that do not say it, e.g. official files).
-        topk: classes per image; batch_size: images per forward; tta: None or ``"flip"`` (mean of the image and
-        its mirror); backend: a :func:`res2net.optimize` backend (``"eager"``, ``"auto"``, ``"onnxruntime"``,
-        ``"openvino"``, ...), None: the plain model; dtype: the backend's precision, ``"auto"`` (bf16 where the
+        topk: classes per image (default 5; more than the model has: all, with a warning); batch_size: images per
+        forward; tta: None or ``"flip"`` (mean of the image and its mirror); backend: a :func:`res2net.optimize`
+        backend (``"eager"``, ``"auto"``, ``"onnxruntime"``, ``"openvino"``, ...), None: the plain model; dtype: the backend's precision, ``"auto"`` (bf16 where the
         device runs it natively, else fp32: :func:`res2net.hardware.default_dtype`), ``"fp32"`` or ``"bf16"``;
         device: ``"cpu"``, ``"cuda[:N]"``, ``"mps"`` or ``"auto"`` (:func:`res2net.hardware.select_device`).
 
@@ -156,7 +157,8 @@ class Predictor:
     """
 
     def __init__(self, model_or_source: Union[nn.Module, str, Path], name: Optional[str] = None, *,
-                 topk: int = 5, batch_size: int = 32, tta: Optional[str] = None, backend: Optional[str] = None,
+                 topk: Optional[int] = None, batch_size: int = 32, tta: Optional[str] = None,
+                 backend: Optional[str] = None,
                  dtype: str = "auto", device: Union[str, torch.device] = "cpu") -> None:
         if tta not in TTA:
             raise ValueError(f"tta must be one of {TTA}, got {tta!r}")
@@ -166,7 +168,7 @@ class Predictor:
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {dtype!r}")
         if dtype != "auto" and backend is None:
             raise ValueError(f"dtype={dtype!r} applies to a backend; give backend= too (e.g. 'auto')")
-        if topk < 1 or batch_size < 1:
+        if topk is not None and topk < 1 or batch_size < 1:
             raise ValueError(f"topk and batch_size must be >= 1, got {topk}, {batch_size}")
         model, self.classes, self.preprocessing, self.name = self._resolve(model_or_source, name)
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
@@ -174,7 +176,11 @@ class Predictor:
             raise Res2NetError(f"{self.name}: the model has no classifier (num_classes=0); nothing to predict")
         self.in_chans = int(getattr(model, "in_chans", len(self.preprocessing.mean)))
         self.preprocessing = self.preprocessing.for_channels(self.in_chans)
-        self.topk, self.batch_size, self.tta = min(topk, self.num_classes), batch_size, tta
+        if topk is not None and topk > self.num_classes:
+            warnings.warn(f"topk={topk} but {self.name} has {self.num_classes} classes; showing all "
+                          f"{self.num_classes}", UserWarning, stacklevel=2)
+        self.topk = min(DEFAULT_TOPK if topk is None else topk, self.num_classes)
+        self.batch_size, self.tta = batch_size, tta
         self.device = select_device(str(device), what="device")
         model = model.eval().to(self.device)
         if backend is not None:
@@ -204,9 +210,10 @@ class Predictor:
             classes = imagenet_classes() if n == 1000 else [f"class {i}" for i in range(n)]
         return model, classes, preprocessing_of(model, name), name
 
-    def load(self, image: ImageInput) -> Tensor:
-        """One image as the model's normalised input ``(C, S, S)``: a file, or a float tensor (C, H, W) in [0, 1]."""
-        img = load_image(image) if isinstance(image, (str, Path)) else image_tensor(image)
+    def load(self, image: ImageInput, label: str = "tensor") -> Tensor:
+        """One image as the model's normalised input ``(C, S, S)``: a file, or a tensor as :func:`image_tensor`
+        takes it (``label`` names it in the error)."""
+        img = load_image(image) if isinstance(image, (str, Path)) else image_tensor(image, label)
         if img.shape[0] == 1:
             img = img.expand(3, -1, -1)
         p = self.preprocessing
@@ -223,7 +230,9 @@ class Predictor:
         return probs.cpu()
 
     def predict(self, images: Iterable[ImageInput], progress: bool = False) -> List[Record]:
-        """A record per readable image (see the module docstring); unreadable ones go to :attr:`skipped`."""
+        """A record per readable image (see the module docstring). An image that cannot be read goes to
+        :attr:`skipped` with the reason; a tensor that breaks :func:`image_tensor`'s convention (named by its
+        position in ``images``) also gets a warning, since no file walk explains its absence."""
         from tqdm.auto import tqdm
 
         items = list(images)
@@ -231,13 +240,16 @@ class Predictor:
         bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress)
         for start in range(0, len(items), self.batch_size):
             chunk, names = [], []
-            for item in items[start:start + self.batch_size]:
-                label = str(item) if isinstance(item, (str, Path)) else f"<tensor {len(records) + len(chunk)}>"
+            for index, item in enumerate(items[start:start + self.batch_size], start):
+                is_file = isinstance(item, (str, Path))
+                label = str(item) if is_file else f"<tensor {index}>"
                 try:
-                    chunk.append(self.load(item))
+                    chunk.append(self.load(item, label))
                     names.append(label)
                 except (Res2NetError, OSError, ValueError) as exc:
                     self.skipped.append((label, str(exc)))
+                    if not is_file:
+                        warnings.warn(f"skipped {exc}", UserWarning, stacklevel=2)
             bar.update(len(items[start:start + self.batch_size]))
             if not chunk:
                 continue

@@ -125,6 +125,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_ablation(args: argparse.Namespace) -> int:
     """``res2net ablation``: run (or continue) the sweep, then write the report."""
     budget = BUDGETS[args.budget]
+    from ..engine.config import refuse_contradictions
+
+    _device(args.device or "auto")  # refused before the sweep's progress bar starts
+    refuse_contradictions({"run.epochs": args.epochs, "data.train_subset": args.train_subset,
+                           "data.test_subset": args.test_subset, "run.device": args.device}, args.overrides)
     for flag in ("epochs", "train_subset", "test_subset"):
         value = getattr(args, flag)
         if value is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List
 
 from .common import positive_int
+from ..files import claim_folder
 from ..bench.cases import RUNTIMES, BenchConfig
 from ..bench.report import format_markdown, run_bench, write_report
 
@@ -20,7 +21,11 @@ def _int_list(text: str) -> List[int]:
 
 
 def _str_list(text: str) -> List[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    """argparse type: a comma-separated list of at least one name."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +73,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 def _main(args: argparse.Namespace) -> int:
     from ..bench.report import _finite
 
+    if args.train_only and args.runtimes:
+        raise ValueError("--runtimes times inference backends; --train-only times the training step only: give one "
+                         "of the two")
+    if args.out is not None:
+        claim_folder(args.out)  # before the timing: a folder of the user's files is refused
     report = run_bench(config_from_args(args), log=(lambda s: None) if args.json else print)
     if args.out is not None:
         write_report(report, args.out)

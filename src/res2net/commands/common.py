@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any, Dict
 
-# flag destination -> dotted config key (the flag wins over the recipe, ``--set`` wins over the flag)
+# flag destination -> dotted config key (the flag wins over the recipe; a ``--set`` of the same key must agree)
 FLAG_KEYS = {
     "epochs": "run.epochs",
     "batch_size": "optim.batch_size",

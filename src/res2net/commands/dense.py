@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Tuple, Type
 from torch import nn
 
 from ..engine import load_config
+from ..engine.config import refuse_contradictions
 from ..jsonio import dumps_strict
 from ..errors import ConfigError
 from ..tasks.dense_config import NORMS
@@ -76,6 +77,7 @@ def build_config(schema: Type[Any], args: argparse.Namespace, extra: Dict[str, A
     if args.steps is not None and args.epochs is None:
         values["run.epochs"] = 1
     values.update(extra)
+    refuse_contradictions(values, args.overrides)
     return load_config(schema, args.config, args.overrides, values)
 
 

@@ -44,10 +44,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                           backend=args.backend, dtype=args.dtype, device=args.device)
     records = predictor.predict(files, progress=len(files) > 1 and sys.stderr.isatty())
     predictor.skipped[:0] = walk_skipped
+    if not records:  # one line: the file (or the first of them) and why
+        name, reason = predictor.skipped[0]
+        others = f" (and {len(predictor.skipped) - 1} more file(s) skipped)" if len(predictor.skipped) > 1 else ""
+        raise DataError(f"no image could be read: {name}: {reason}{others}")
     for name, reason in predictor.skipped:
         print(f"warning: skipped {name}: {reason}", file=sys.stderr)
-    if not records:
-        raise DataError(f"none of the {len(files)} file(s) could be read as an image")
     if args.json:
         write_json(args.json, records)
     if args.csv:
@@ -71,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="a res2net train checkpoint (.pt) or run folder")
     p.add_argument("--pretrained", help="official, hf-hub:ORG/REPO[@REV], a URL, a .pth/.bin/.safetensors file or "
                                         "a save_pretrained folder")
-    p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default 5)")
+    p.add_argument("--topk", type=positive_int, default=None,
+                   help="classes per image (default 5, or all of a model with fewer)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (default 32)")
     p.add_argument("--tta", choices=["flip"], default=None, help="test-time augmentation: mean with the mirror")
     p.add_argument("--backend", default=None,

@@ -7,8 +7,9 @@ import argparse
 import time
 from pathlib import Path
 
-from ..engine import load_config
+from ..engine.config import load_config, refuse_contradictions
 from ..errors import ConfigError
+from ..files import check_destination
 from ..jsonio import write_json
 from ..models import get_spec
 from ..tasks.classification import DATASETS, DEFAULT_RECIPE, ClassificationConfig
@@ -25,6 +26,7 @@ def train_config(args: argparse.Namespace) -> ClassificationConfig:
     """The config of a ``res2net train`` call: recipe < flags < ``--set``."""
     values = engine_values(args)
     values.update({key: getattr(args, dest, None) for dest, key in TASK_FLAGS.items()})
+    refuse_contradictions(values, args.overrides)
     cfg = load_config(ClassificationConfig, args.config, args.overrides, values)
     for name in cfg.model.name:
         get_spec(name)  # unknown names fail before any data is read
@@ -49,8 +51,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``res2net eval``: top-1/top-5 error of a checkpoint on a data set; prints and writes JSON."""
     flags = {"data.dataset": args.dataset, "data.root": args.data_dir, "data.test_subset": args.test_subset,
              "optim.batch_size": args.batch_size, "run.device": args.device, "run.workers": args.workers}
-    result = evaluate_checkpoint(args.checkpoint, args.model, flags, args.overrides)
+    refuse_contradictions(flags, args.overrides)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
+    # the default <checkpoint>.eval.json is this command's own file; an --out the user names is theirs
+    check_destination(out, [args.checkpoint], overwrite=args.overwrite or not args.out)
+    result = evaluate_checkpoint(args.checkpoint, args.model, flags, args.overrides)
     write_json(out, result)
     print(f"{result['model']} on {result['dataset']} ({result['images']} images): top-1 error "
           f"{100 * result['top1_error']:.2f}%  top-5 error {100 * result['top5_error']:.2f}%  -> {out}")
@@ -91,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--workers", type=int, help="DataLoader worker processes")
     e.add_argument("--out", help="JSON file to write (default: <checkpoint>.eval.json)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never the checkpoint)")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config key (data.*, run.*), e.g. --set run.amp=off")
     e.set_defaults(func=cmd_eval)

@@ -332,6 +332,18 @@ def parse_override(text: str) -> tuple:
     return key.strip(), value
 
 
+def refuse_contradictions(flags: Mapping[str, Any], overrides: Sequence[str]) -> None:
+    """Refuse a ``--set KEY=VALUE`` that gives a key another value than its flag did (``flags``: dotted key ->
+    the flag's value, None where the flag was not given): both are honoured or the command is refused, one is
+    never ignored."""
+    for text in overrides:
+        key, value = parse_override(text)
+        given = flags.get(key)
+        if given is not None and given != value and [given] != value:
+            raise ConfigError(f"--set {text.strip()} contradicts the flag that gives {key} = {given!r}; give one "
+                              "of the two")
+
+
 def recipe_names() -> List[str]:
     """Names of the packaged recipes (``res2net/configs/*.yaml``)."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -340,6 +352,8 @@ def recipe_names() -> List[str]:
 def read_recipe(source: str) -> Dict[str, Any]:
     """The raw mapping of a recipe: a packaged name (``imagenet``) or a YAML file path."""
     path = Path(source)
+    if path.is_dir():
+        raise ConfigError(f"config {source!r} is a folder; give a YAML file or a packaged recipe name")
     if not path.suffix:
         path = CONFIG_DIR / f"{source}.yaml"
         if not path.is_file():

@@ -114,7 +114,8 @@ class ResNet(Trunk):
         allowed = (native_stride,) if stem == "cifar" else (8, 16, 32)
         output_stride = output_stride or native_stride
         if output_stride not in allowed:
-            raise ValueError(f"output_stride must be one of {allowed} for this model, got {output_stride}")
+            raise ValueError(f"output_stride {output_stride} is not possible: this model's features have stride "
+                             f"{' or '.join(map(str, allowed))}")
         self.min_input_size = native_stride
 
         # stem: keys conv1 (conv or the deep Sequential), bn1

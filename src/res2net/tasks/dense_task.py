@@ -53,8 +53,14 @@ def build_backbone(cfg: DenseModelConfig, out_indices: Sequence[int], output_str
 
     if cfg.norm not in NORMS:
         raise ConfigError(f"model.norm must be one of {NORMS}, got {cfg.norm!r}")
-    model = create_model(cfg.name, pretrained=cfg.pretrained, features_only=True, out_indices=tuple(out_indices),
-                         output_stride=output_stride, norm_layer=FrozenBatchNorm2d if cfg.norm == "frozen" else None)
+    try:
+        model = create_model(cfg.name, pretrained=cfg.pretrained, features_only=True,
+                             out_indices=tuple(out_indices), output_stride=output_stride,
+                             norm_layer=FrozenBatchNorm2d if cfg.norm == "frozen" else None)
+    except ValueError as exc:  # e.g. an output stride the model cannot give: the message names the backbone
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"model.name={cfg.name!r} cannot be this task's backbone: {exc}") from None
     n_stages = len(model.stage_modules())  # 4 for ResNet-style trunks, 5 for DLA (level1..level5)
     model.configure_backbone(frozen_stages=frozen_stages_for(cfg, n_stages))
     return model

@@ -29,6 +29,7 @@ from ..data.dense import CocoDetection, VocDetection, collate_detection, detecti
 from ..errors import ConfigError, DataError
 from ..models import get_spec
 from ..data.photos import save_png, to_uint8
+from ..engine.config import between
 from .dense_config import DenseModelConfig, dense_config
 from .dense_task import DenseTask, build_backbone, check_classes
 
@@ -53,9 +54,9 @@ class DetectionModelConfig(DenseModelConfig):
     rpn_post_nms_top_n_test: int = 1000
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
-    box_score_thresh: float = 0.05  # detections kept for evaluation
+    box_score_thresh: float = between(0.05, 0, 1)  # detections kept for evaluation
     box_detections_per_img: int = 100
-    predict_score_thresh: float = 0.5  # detections drawn by `predict`
+    predict_score_thresh: float = between(0.5, 0, 1)  # detections drawn by `predict`
     classes: List[str] = field(default_factory=list)  # object class names; filled from the training data
 
 

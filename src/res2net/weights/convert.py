@@ -27,7 +27,7 @@ from ..models.registry import ModelSpec
 from . import layouts
 from ..files import atomic_write, check_destination, torch_bytes
 from .io import read_checkpoint, unwrap_state_dict
-from .load import load_state_dict_strict
+from .load import load_state_dict_strict, value_problems
 
 FORMATS = ("pth", "safetensors", "pkl")
 FORMAT_SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors", "pkl": ".pkl"}
@@ -214,6 +214,10 @@ def convert_checkpoint(src: PathLike, dst: PathLike, to: str, model: Optional[st
         match, candidates = _pick_model(source, model)
     name = match.model
     official = layouts.to_official(source, name, match.layout)
+    bad_values = [f"{len(items)} {label}: {', '.join(items[:5])}" for label, items in value_problems(
+        official, [k for k in official if not k.endswith("num_batches_tracked")]) if items]
+    if bad_values:
+        raise CheckpointError(f"{src}: " + "; ".join(bad_values))
     converted = layouts.from_official(official, name, to)
     report = ConvertReport(src=str(src), dst=str(dst_path), model=name, source_layout=match.layout,
                            target_layout=to, fmt=fmt, tensors=len(converted), prefix=match.prefix,

@@ -101,13 +101,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
-    # an integer or bool tensor where the model holds real numbers would be cast silently by load_state_dict
-    not_real = [f"{k}: {state_dict[k].dtype}" for k, v in own.items() if k in state_dict and v.is_floating_point()
-                and not (state_dict[k].is_floating_point() or state_dict[k].is_complex())]
-    if missing or unexpected or mismatched or not_real:
+    values = value_problems(state_dict, [k for k, v in own.items() if v.is_floating_point()])
+    if missing or unexpected or mismatched or any(items for _, items in values):
         parts = []
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched), ("integer or bool tensors for real weights", not_real)):
+                             ("shape mismatches", mismatched), *values):
             if items:
                 more = f" ... (+{len(items) - 10} more)" if len(items) > 10 else ""
                 parts.append(f"{len(items)} {label}: {', '.join(items[:10])}{more}")
@@ -200,6 +198,29 @@ def state_dict_shape(state_dict: Mapping[str, Tensor], name: str) -> Tuple[int, 
 
 
 # ---- fetched weights into a model ---------------------------------------------------------------------------
+def value_problems(state_dict: Mapping[str, Tensor], real_keys: Sequence[str]) -> List[Tuple[str, List[str]]]:
+    """What is wrong with the values of ``state_dict`` at ``real_keys`` (the keys that hold real numbers), as
+    (label, items): an integer or bool tensor (load_state_dict would cast it silently), a NaN or infinite value
+    (every prediction would be NaN without a word)."""
+    keys = [k for k in real_keys if k in state_dict]
+    not_real = [f"{k}: {state_dict[k].dtype}" for k in keys
+                if not (state_dict[k].is_floating_point() or state_dict[k].is_complex())]
+    not_finite = [k for k in keys
+                  if state_dict[k].is_floating_point() and not bool(torch.isfinite(state_dict[k]).all())]
+    return [("integer or bool tensors for real weights", not_real), ("tensors with NaN or infinite values", not_finite)]
+
+
+def _fetch_named(source: Source, cache_dir: Optional[Union[str, Path]]) -> FetchedWeights:
+    """:func:`fetch_weights` of one source whose error always names the source (a Hub failure named only the
+    file it looked for, e.g. ``model.safetensors``)."""
+    try:
+        return fetch_weights(source, cache_dir)
+    except CheckpointError as exc:
+        if source.location in str(exc):
+            raise
+        raise CheckpointError(f"{source}: {exc}") from None
+
+
 def load_weights(model: nn.Module, name: str, fetched: FetchedWeights) -> nn.Module:
     """Load fetched weights strictly into ``model`` (any layout); a classifier of another size keeps its
     initialisation (with a warning). Attaches ``model.class_names`` when the source says them, and the
@@ -341,8 +362,8 @@ def load_model(source: WeightsSource, name: Optional[str] = None, *, num_classes
             raise CheckpointError("the official weights: give the model name (--model NAME)")
         if pretrained is False:
             raise ValueError(f"load_model: no weights given ({source!r})")
-        fetched = fetch_first(name, pretrained, cache_dir) if name else \
-            fetch_weights(parse_source(pretrained), cache_dir)
+        fetched = fetch_first(name, pretrained, cache_dir) if name else _fetch_named(parse_source(pretrained),
+                                                                                       cache_dir)
     if fetched.info is not None:
         require_classifier(fetched.info)
     name = name or fetched.model_name

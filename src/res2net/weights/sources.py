@@ -16,6 +16,7 @@ weights ahead of time with ``res2net weights download``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -81,7 +82,13 @@ class FetchedWeights:
 def cache_root(cache_dir: Optional[Union[str, Path]] = None) -> Optional[Path]:
     """The one folder holding both caches (``cache_dir`` or ``$RES2NET_CACHE``); None: the libraries' own."""
     root = cache_dir or os.environ.get("RES2NET_CACHE")
-    return Path(root).expanduser() if root else None
+    if not root:
+        return None
+    path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        given = "--cache-dir" if cache_dir else "$RES2NET_CACHE"
+        raise CheckpointError(f"{given} {str(path)!r} is a file, not a folder; give the cache folder")
+    return path
 
 
 def official_cache(cache_dir: Optional[Union[str, Path]] = None) -> Path:
@@ -218,6 +225,37 @@ def _read_our_config(path: Path) -> Dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
+def _check_timm_copy(config: Optional[Path], whole: Dict[str, Any], prep: Optional[Preprocessing],
+                     classes: Optional[List[str]]) -> None:
+    """timm's fields of ``config.json`` (what timm and transformers read) must agree with what res2net reads (its
+    own section, the class names): a value edited in one copy only is refused, never ignored."""
+    timm_cfg = whole.get("pretrained_cfg") if isinstance(whole.get("pretrained_cfg"), dict) else {}
+    pairs: List[Tuple[str, Any, Any]] = []
+    if prep is not None:
+        pairs += [(f"pretrained_cfg.{key}", timm_cfg[key], ours) for key, ours in (
+            ("mean", list(prep.mean)), ("std", list(prep.std)), ("crop_pct", prep.crop_pct),
+            ("interpolation", prep.interpolation)) if key in timm_cfg]
+        if "input_size" in timm_cfg:
+            size = timm_cfg["input_size"]
+            pairs.append(("pretrained_cfg.input_size[1:]", size[1:] if isinstance(size, list) else size,
+                          [prep.input_size] * 2))
+    if classes is not None and "num_classes" in whole:
+        pairs.append(("num_classes", whole["num_classes"], len(classes)))
+    for key, theirs, ours in pairs:
+        if not _same_value(theirs, ours):
+            raise CheckpointError(f"{config}: {key} is {theirs!r} but the file's res2net section and class names "
+                                  f"say {ours!r}; correct the one that was edited")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal, numbers within float rounding (a list element-wise)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
 def _fetched_from_files(source: Source, weights: Path, config: Optional[Path]) -> FetchedWeights:
     state_dict = unwrap_state_dict(read_checkpoint(weights), str(weights))
     whole = _read_our_config(config) if config is not None and config.is_file() else {}
@@ -236,6 +274,7 @@ def _fetched_from_files(source: Source, weights: Path, config: Optional[Path]) -
         raise CheckpointError(f"{config}: classes must be a list of names, got {classes!r}")
     if name is not None and not isinstance(name, str):
         raise CheckpointError(f"{config}: model must be a name, got {name!r}")
+    _check_timm_copy(config, whole, prep, classes)
     return FetchedWeights(source, state_dict, name, classes, prep)
 
 
@@ -322,13 +361,15 @@ def fetch_first(name: str, pretrained: Pretrained, cache_dir: Optional[Union[str
     else:
         raise ValueError(f"pretrained must be True, False, a path, a URL or hf-hub:ORG/REPO, got {pretrained!r}")
     failures = []
-    for i, source in enumerate(sources):
+    for source in sources:
         try:
-            return fetch_weights(source, cache_dir)
+            fetched = fetch_weights(source, cache_dir)
         except CheckpointError as exc:
             failures.append(f"{source}: {exc}")
-            if i + 1 < len(sources):
-                print(f"warning: weights for {name}: {source}: {exc}; trying the next source", file=sys.stderr)
+            continue
+        for failure in failures:  # said only when a later source worked; else the error below lists them once
+            print(f"warning: weights for {name}: {failure}; used {source} instead", file=sys.stderr)
+        return fetched
     raise CheckpointError(f"no weights for {name}: " + " | ".join(failures))
 
 

@@ -35,6 +35,9 @@ class ModelSection:
         if self.linear_probe and self.frozen_stages != -1:
             raise ConfigError(f"model.linear_probe (--linear-probe) freezes every stage; model.frozen_stages="
                               f"{self.frozen_stages} (--frozen-stages) contradicts it: give one of the two")
+        if self.linear_probe and not self.pretrained:
+            raise ConfigError("model.linear_probe (--linear-probe) trains a classifier on pretrained features; "
+                              "give model.pretrained (--pretrained SRC) too")
 
 
 @dataclass
