@@ -587,7 +587,7 @@ def run_case(case: Case, fixtures: Path, keep: bool) -> Dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     return {"id": case.id, "class": case.cls, "verdict": name, "why": why, "rc": rc, "seconds": round(seconds, 1),
             "command": " ".join(case.cmd) if case.cmd[0] != "PY" else case.cmd[1], "expect": case.expect,
-            "tokens": list(case.tokens), "stderr_tail": stderr[-600:], "folder": str(work) if keep else None}
+            "tokens": list(case.tokens), "stderr_tail": stderr[-600:], "stdout_tail": stdout[-300:], "folder": str(work) if keep else None}
 
 
 def table(records: Sequence[Dict[str, Any]]) -> str:
