@@ -563,3 +563,17 @@ def test_every_writer_on_a_full_disk_names_the_users_path_and_leaves_nothing(tmp
         with pytest.raises(OSError, match=f"No space left on device: '{mount / 'hf'}'"):
             save_pretrained(build_model(MODEL), mount / "hf")
         assert not list(mount.iterdir())
+
+
+def test_resume_that_would_stretch_a_one_cycle_schedule_is_refused_with_one_line(tmp_path: Path) -> None:
+    """A finished 2-step run (no one-cycle: too short) resumed for 2 epochs (a 4-step one-cycle schedule): one line
+    naming the checkpoint and why; torch failed mid-epoch with a bare KeyError 'max_lr'."""
+    args = ["--model", MODEL, "--dataset", "fashion-mnist", "--train-subset", "64", "--batch-size", "32",
+            "--set", "data.test_subset=32", "--workers", "0", "--quiet", "--out", str(tmp_path / "run")]
+    code, err = _cli(tmp_path, "train", *args, "--epochs", "1")
+    assert code == 0, err
+    code, err = _cli(tmp_path, "train", *args, "--epochs", "2", "--resume")
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err, err
+    assert line.startswith(f"res2net train: error: {tmp_path / 'run' / MODEL / 'last.pt'}: it holds no one-cycle "
+                           "schedule and this run needs a one-cycle schedule of 4 steps"), line

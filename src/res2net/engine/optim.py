@@ -182,6 +182,16 @@ class Optimization:
         Raises:
             CheckpointError: the state does not fit this optimizer, schedule or model.
         """
+        # a one-cycle schedule's length is fixed at its start (and a run under 4 steps has none): another length
+        # cannot continue it (torch failed with a bare KeyError 'max_lr' mid-epoch)
+        planned = getattr(self.scheduler, "total_steps", None)
+        saved_state = state.get("scheduler")
+        saved = saved_state.get("total_steps") if isinstance(saved_state, dict) else None
+        if planned != saved:
+            length = lambda n: f"a one-cycle schedule of {n} steps" if n else "no one-cycle schedule"  # noqa: E731
+            raise CheckpointError(f"{source}: it holds {length(saved)} and this run needs {length(planned)} "
+                                  "(run.epochs, the batch size or the data changed); a one-cycle schedule cannot be "
+                                  "stretched: start a new run (its best.pt can be the --pretrained weights)")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
