@@ -4,6 +4,9 @@ trained Fashion-MNIST model, backend='auto' and its cache, the errors. No timing
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Tuple
 
@@ -197,17 +200,16 @@ def test_int8_onnx_export_round_trip(trained: tuple, tmp_path: Path) -> None:
 
 def test_int8_openvino_export_round_trip(trained: tuple, tmp_path: Path) -> None:
     _needs("openvino", "int8")
-    import openvino as ov
-
     from res2net.export import export_model
+    from res2net.inference.backends import openvino_core
 
     model, calibration, images, _, _ = trained
     out = tmp_path / "q.xml"
     export_model(model, out, "openvino", input_size=28, in_chans=1, mean=(0.286,), std=(0.353,), int8=True,
                  calibration=calibration)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.bin", "q.xml"]
-    compiled = ov.Core().compile_model(str(out), "CPU")
-    ops = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
+    compiled = openvino_core().compile_model(str(out), "CPU")
+    ops = {op.get_type_name() for op in openvino_core().read_model(str(out)).get_ops()}
     assert "FakeQuantize" in ops
     got = compiled(images[:64].numpy())[compiled.outputs[0]]
     with torch.no_grad():
@@ -304,3 +306,40 @@ def test_auto_says_why_no_backend_could_be_built(cached: bool, tmp_path: Path,
     with pytest.raises(Res2NetError, match=r"no backend could be built for int8 \(onnxruntime: dtype int8 needs "
                                            r"calibration.*openvino: dtype int8 needs calibration"):
         res2net.optimize(model, dtype="int8", backend="auto")
+
+
+ALTSTACK_SCRIPT = """
+import gc, os, signal, sys, torch, res2net
+from res2net.inference import backends
+if sys.argv[1] == "one-core-per-model":  # what openvino_runner did: OpenVINO's CPU plugin of each Core sets the
+    import openvino as ov                # thread's sigaltstack and puts back the one it found when freed
+    backends.openvino_core = ov.Core
+model = res2net.create_model("res2net17_slim").eval()
+a = res2net.optimize(model, backend="openvino", verify=False)
+b = res2net.optimize(model, backend="openvino", verify=False)
+x = torch.randn(1, 3, 32, 32)
+a(x), b(x)
+del a    # freed before b: b's Core then puts back a's freed stack
+gc.collect()
+del b
+gc.collect()
+signal.signal(signal.SIGTERM, lambda *args: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGTERM)   # Python's handlers run on the alternate stack (SA_ONSTACK)
+print("alive", flush=True)
+"""
+
+
+@pytest.mark.parametrize("cores", ["one-core-per-model", "shared"])
+def test_openvino_models_freed_out_of_order_leave_signals_working(cores: str) -> None:
+    """The suite's intermittent SIGSEGV: two OpenVINO models freed in the order they were made, then any signal
+    with a Python handler. With a Core per model the process dies of SIGSEGV (the thread's alternate signal
+    stack points at freed memory); with the package's one Core it handles the signal."""
+    _needs("openvino")
+    proc = subprocess.run([sys.executable, "-c", ALTSTACK_SCRIPT, cores], capture_output=True, text=True,
+                          timeout=600)
+    if cores == "shared":
+        assert proc.returncode == 0 and proc.stdout.split() == ["handled", "alive"], proc.stderr[-2000:]
+    elif proc.returncode == 0:  # the OpenVINO behaviour guarded against is gone in this version
+        pytest.skip("this OpenVINO leaves no dangling signal stack with a Core per model")
+    else:
+        assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stdout, proc.stderr[-2000:])

@@ -254,9 +254,9 @@ def _direct_openvino(onnx_path: Any, shape: Sequence[int], dtype: str) -> Callab
     """OpenVINO as its documentation shows: ``compile_model`` on the ONNX file reshaped to this input shape,
     default (latency) hint, its own thread count, one synchronous call per batch; bf16 through its precision
     hint, int8 on the QDQ file."""
-    import openvino as ov
+    from ..inference.backends import openvino_core
 
-    core = ov.Core()
+    core = openvino_core()  # the process's one Core (why: its docstring); calling OpenVINO directly all the same
     model = core.read_model(str(onnx_path))
     model.reshape({model.inputs[0].get_any_name(): list(shape)})
     config = {"INFERENCE_PRECISION_HINT": "bf16" if dtype == "bf16" else "f32"}

@@ -17,6 +17,8 @@ the extra. ``backend="auto"`` (timing the installed backends, cached): :mod:`res
 
 from __future__ import annotations
 
+import functools
+
 import importlib
 import tempfile
 import warnings
@@ -284,6 +286,20 @@ def _per_image_requests(model: Any, queue: Any, x: np.ndarray) -> List[np.ndarra
     return [np.concatenate([p[k] for p in parts]) for k in range(len(model.outputs))]
 
 
+@functools.lru_cache(maxsize=None)
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``: every model of the package (and of the tests and benchmarks) is
+    compiled by it.
+
+    One Core, not one per model, because each Core's CPU plugin (OpenVINO 2026.4) points the compiling thread's
+    alternate signal stack (``sigaltstack``) at a buffer of its own and puts back the one it found when that
+    Core is freed. Cores freed in another order than they were made leave the thread pointing at freed memory,
+    and the next signal a Python handler takes on it (Ctrl-C, SIGTERM, the DataLoader's SIGCHLD when any child
+    process exits) kills the process with SIGSEGV (tests/test_backends.py reproduces it). This was the test
+    suite's intermittent worker crash."""
+    return _require("openvino", "openvino").Core()
+
+
 def openvino_runner(model_or_path: Any, dtype: str) -> Callable[[np.ndarray], List[np.ndarray]]:
     """An OpenVINO CPU model, inference precision f32 (fp32, int8) or bf16 (f32 where bf16 is not native), torch's
     thread count, compiled per input shape (static shapes compile to faster kernels than a dynamic batch). One
@@ -292,7 +308,7 @@ def openvino_runner(model_or_path: Any, dtype: str) -> Callable[[np.ndarray], Li
     batch is at least the thread count: no barriers inside a layer), each image its own request (measured:
     docs/BENCHMARKS.md, "OpenVINO batches in throughput mode"). Outputs in input order either way."""
     ov = _require("openvino", "openvino")
-    core = ov.Core()
+    core = openvino_core()
     base = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
     threads = _threads()
     # bf16 only where the CPU runs it natively: OpenVINO itself falls back to f32 elsewhere, but under
