@@ -190,6 +190,11 @@ def _inside(path: object, folder: Path) -> bool:
         return False
 
 
+def _naming(exc: OSError, dest: Path) -> OSError:
+    """``exc`` (same type, errno and reason) naming ``dest`` instead of the file it named."""
+    return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(dest))
+
+
 @contextmanager
 def _errors_name(tmp: Path, dest: Path) -> Iterator[None]:
     """Within the block, a file-system error about ``tmp`` (or a path inside it), or one that names no file, is
@@ -199,7 +204,7 @@ def _errors_name(tmp: Path, dest: Path) -> Iterator[None]:
     except OSError as exc:
         if exc.errno is None or not (exc.filename is None or _inside(exc.filename, tmp)):
             raise
-        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(dest)) from exc
+        raise _naming(exc, dest) from exc
 
 
 def _temporary(dest: Path, suffix: str = "", directory: bool = False) -> Path:
@@ -212,7 +217,7 @@ def _temporary(dest: Path, suffix: str = "", directory: bool = False) -> Path:
     except OSError as exc:
         if exc.errno is None:
             raise
-        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(dest)) from exc
+        raise _naming(exc, dest) from exc
     os.close(fd)
     return Path(name)
 
